@@ -1,0 +1,250 @@
+"""The `finops` command. Exit codes: 0 ok, 1 the job failed, 2 bad usage or configuration."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from finops.config import ConfigError, Settings, load_settings
+from finops.store.db import StoreError, engine_for, safe_url
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    help="Nightly cost governance for AI infrastructure on Azure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+sim_app = typer.Typer(help="The simulated Azure estate.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(sim_app, name="sim")
+log = logging.getLogger("finops")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (FINOPS_* variables override it)."),
+]
+SeedOption = Annotated[int, typer.Option(help="Seed of the simulated estate.")]
+VmsOption = Annotated[int, typer.Option(min=1, help="Number of VMs in the simulated estate.")]
+
+
+class UsageError(Exception):
+    """The user asked for something that cannot be: one line, exit code 2."""
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"finops: {message}", err=True)
+    return typer.Exit(code)
+
+
+def guarded(command: Callable) -> Callable:
+    """Turn expected failures into one line on stderr and a stable exit code."""
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    from finops.rules import UnknownRuleError
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ConfigError, UnknownRuleError, UsageError) as e:
+            raise _fail(str(e), EXIT_USAGE) from None
+        except HttpResponseError as e:
+            reason = getattr(e.error, "message", None) or e.reason or "error"
+            where = e.response.request.url.split("?")[0] if e.response is not None else "Azure"
+            raise _fail(
+                f"Azure answered {e.status_code} {reason} for {where}", EXIT_FAILED
+            ) from None
+        except AzureError as e:
+            raise _fail(f"Azure call failed: {str(e).splitlines()[0]}", EXIT_FAILED) from None
+        except (StoreError, LookupError, ValueError) as e:
+            raise _fail(str(e).splitlines()[0], EXIT_FAILED) from None
+        except SQLAlchemyError as e:
+            detail = str(getattr(e, "orig", None) or e).splitlines()[0]
+            raise _fail(f"database error: {detail}", EXIT_FAILED) from None
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+@app.callback()
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = engine_for(settings.db_url)
+    log.info("store %s", safe_url(settings.db_url))
+    return engine
+
+
+@contextmanager
+def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settings, object]]:
+    """The settings pointed at a freshly started simulated estate."""
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    with SimServer(Estate(seed=seed, vms=vms)) as sim:
+        azure = settings.azure.model_copy(
+            update={"arm_endpoint": sim.url, "metrics_endpoint": sim.url,
+                    "ca_file": Path(sim.ca_file), "credential": "simulated"}
+        )  # fmt: skip
+        log.info("simulated estate (seed %s, %s VMs) at %s", seed, vms, sim.url)
+        yield settings.model_copy(update={"azure": azure, "subscriptions": []}), sim
+
+
+def _clients(settings: Settings):
+    from finops.azure.clients import AzureClients, StaticTokenCredential, default_credential
+
+    simulated = settings.azure.credential == "simulated"
+    credential = StaticTokenCredential() if simulated else default_credential()
+    return AzureClients(credential, settings.azure)
+
+
+def _night(settings: Settings, source: str, with_rules: bool = True):
+    from finops.pipeline import run_night
+
+    return run_night(_engine(settings), _clients(settings), settings, source, with_rules)
+
+
+@app.command()
+@guarded
+def run(config: ConfigOption = None) -> None:
+    """The nightly job against Azure: collect, store, rules, report."""
+    settings = load_settings(config)
+    result = _night(settings, "azure")
+    typer.echo(result.report)
+
+
+@app.command()
+@guarded
+def demo(config: ConfigOption = None, seed: SeedOption = 7, vms: VmsOption = 60) -> None:
+    """The whole nightly job against a simulated estate, no Azure account needed."""
+    settings = load_settings(config)
+    with _simulated(settings, seed, vms) as (simulated, _):
+        result = _night(simulated, "simulated")
+    typer.echo(result.report)
+
+
+@app.command()
+@guarded
+def collect(config: ConfigOption = None) -> None:
+    """Collect one night from Azure into the store, without rules or report."""
+    settings = load_settings(config)
+    result = _night(settings, "azure", with_rules=False)
+    typer.echo(f"run {result.run_id} collected")
+
+
+def _latest_run(engine: Engine, statuses: tuple[str, ...]) -> int:
+    from finops.store import schema
+
+    with engine.connect() as conn:
+        run_id = conn.execute(
+            select(schema.runs.c.id)
+            .where(schema.runs.c.status.in_(statuses))
+            .order_by(schema.runs.c.id.desc())
+            .limit(1)
+        ).scalar()
+    if run_id is None:
+        raise UsageError(f"no {' or '.join(statuses)} run in the store; run `finops collect` first")
+    return run_id
+
+
+@app.command()
+@guarded
+def analyze(
+    config: ConfigOption = None,
+    rule: Annotated[list[str] | None, typer.Option(help="Only this rule id (repeatable).")] = None,
+) -> None:
+    """Evaluate the rules on the newest collected night in the store (no Azure calls)."""
+    from finops.pipeline import analyze as analyze_run
+    from finops.store import schema
+    from finops.store.db import upgrade
+
+    settings = load_settings(config)
+    engine = _engine(settings)
+    upgrade(engine)
+    run_id = _latest_run(engine, ("collected", "succeeded"))
+    with engine.begin() as conn:
+        findings = analyze_run(conn, run_id, settings, rule)
+        conn.execute(
+            update(schema.runs).where(schema.runs.c.id == run_id).values(status="succeeded")
+        )
+    for f in findings:
+        mark = " (exempt)" if f.exempt else ""
+        typer.echo(f"{f.monthly_saving:>12,.2f} {f.currency}  {f.rule_id:32} {f.resource_id}{mark}")
+    typer.echo(f"run {run_id}: {len(findings)} finding(s)")
+
+
+@app.command()
+@guarded
+def report(config: ConfigOption = None) -> None:
+    """Write the HTML report of the newest analysed night; prints its path."""
+    from finops.report import write_report
+
+    settings = load_settings(config)
+    engine = _engine(settings)
+    typer.echo(write_report(engine, settings, _latest_run(engine, ("succeeded",))))
+
+
+@db_app.command("upgrade")
+@guarded
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create or migrate the store's schema to the newest version."""
+    from finops.store.db import upgrade
+
+    settings = load_settings(config)
+    upgrade(_engine(settings))
+    typer.echo(f"schema up to date in {safe_url(settings.db_url)}")
+
+
+@sim_app.command("serve")
+@guarded
+def sim_serve(
+    seed: SeedOption = 7,
+    vms: VmsOption = 60,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
+) -> None:
+    """Serve the simulated estate in the foreground, to try the SDKs or `finops run` by hand."""
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    sim = SimServer(Estate(seed=seed, vms=vms), port=port)
+    typer.echo(f"simulated Azure estate at {sim.url}\nCA file: {sim.ca_file}\n")
+    typer.echo("Point finops at it with:")
+    for name, value in (("ARM_ENDPOINT", sim.url), ("METRICS_ENDPOINT", sim.url),
+                        ("CA_FILE", sim.ca_file), ("CREDENTIAL", "simulated")):  # fmt: skip
+        typer.echo(f"  export FINOPS_AZURE__{name}={value}")
+    typer.echo("Ctrl-C stops it.")
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+
+
+def main() -> None:
+    app()
