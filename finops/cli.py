@@ -100,6 +100,15 @@ def _engine(settings: Settings) -> Engine:
     return engine
 
 
+def _upgraded_store(settings: Settings) -> Engine:
+    """The store with its schema migrated to the newest version (as at every job start)."""
+    from finops.store.db import upgrade
+
+    engine = _engine(settings)
+    upgrade(engine)
+    return engine
+
+
 @contextmanager
 def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settings, object]]:
     """The settings pointed at a freshly started simulated estate."""
@@ -108,9 +117,13 @@ def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settin
 
     with SimServer(Estate(seed=seed, vms=vms)) as sim:
         azure = settings.azure.model_copy(
-            update={"arm_endpoint": sim.url, "metrics_endpoint": sim.url,
-                    "ca_file": Path(sim.ca_file), "credential": "simulated"}
-        )  # fmt: skip
+            update={
+                "arm_endpoint": sim.url,
+                "metrics_endpoint": sim.url,
+                "ca_file": Path(sim.ca_file),
+                "credential": "simulated",
+            }
+        )
         log.info("simulated estate (seed %s, %s VMs) at %s", seed, vms, sim.url)
         yield settings.model_copy(update={"azure": azure, "subscriptions": []}), sim
 
@@ -181,11 +194,9 @@ def analyze(
     """Evaluate the rules on the newest collected night in the store (no Azure calls)."""
     from finops.pipeline import analyze as analyze_run
     from finops.store import schema
-    from finops.store.db import upgrade
 
     settings = load_settings(config)
-    engine = _engine(settings)
-    upgrade(engine)
+    engine = _upgraded_store(settings)
     run_id = _latest_run(engine, ("collected", "succeeded"))
     with engine.begin() as conn:
         findings = analyze_run(conn, run_id, settings, rule)
@@ -205,7 +216,7 @@ def report(config: ConfigOption = None) -> None:
     from finops.report import write_report
 
     settings = load_settings(config)
-    engine = _engine(settings)
+    engine = _upgraded_store(settings)
     typer.echo(write_report(engine, settings, _latest_run(engine, ("succeeded",))))
 
 
@@ -213,10 +224,8 @@ def report(config: ConfigOption = None) -> None:
 @guarded
 def db_upgrade(config: ConfigOption = None) -> None:
     """Create or migrate the store's schema to the newest version."""
-    from finops.store.db import upgrade
-
     settings = load_settings(config)
-    upgrade(_engine(settings))
+    _upgraded_store(settings)
     typer.echo(f"schema up to date in {safe_url(settings.db_url)}")
 
 
@@ -234,8 +243,12 @@ def sim_serve(
     sim = SimServer(Estate(seed=seed, vms=vms), port=port)
     typer.echo(f"simulated Azure estate at {sim.url}\nCA file: {sim.ca_file}\n")
     typer.echo("Point finops at it with:")
-    for name, value in (("ARM_ENDPOINT", sim.url), ("METRICS_ENDPOINT", sim.url),
-                        ("CA_FILE", sim.ca_file), ("CREDENTIAL", "simulated")):  # fmt: skip
+    for name, value in (
+        ("ARM_ENDPOINT", sim.url),
+        ("METRICS_ENDPOINT", sim.url),
+        ("CA_FILE", sim.ca_file),
+        ("CREDENTIAL", "simulated"),
+    ):
         typer.echo(f"  export FINOPS_AZURE__{name}={value}")
     typer.echo("Ctrl-C stops it.")
     try:

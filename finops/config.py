@@ -106,10 +106,12 @@ class Settings(BaseSettings):
         [], description="subscription ids to govern; empty means every one the identity can read"
     )
     db_url: str = Field("sqlite:///finops.db", description="SQLAlchemy URL of the store")
-    reports_dir: Path = Field(Path("reports"), description="where reports and plans are written")
+    reports_dir: Path = Field(Path("reports"), description="where reports are written")
     metrics_days: int = Field(7, ge=1, le=30, description="days of hourly metrics the rules read")
     cost_days: int = Field(30, ge=1, le=365, description="days of daily cost collected")
-    currency: str = Field("USD", description="currency of catalog prices and of the report")
+    currency: str = Field(
+        "USD", description="currency the report leads with (billed costs keep their own)"
+    )
     exempt_tag: str = Field("finops-exempt=true", description="tag name=value that exempts")
     rules: RuleSettings = RuleSettings()
     azure: AzureSettings = AzureSettings()

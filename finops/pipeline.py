@@ -61,8 +61,12 @@ def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collect
         for sub in sub_ids:
             sub_regions = {vm["location"] for vm in night.vms if vm["subscription_id"] == sub}
             night.quotas += inventory.quotas(clients, sub, sub_regions)
-        info.update(vms=len(night.vms), schedules=len(night.schedules),
-                    quotas=len(night.quotas), regions=len(regions))  # fmt: skip
+        info.update(
+            vms=len(night.vms),
+            schedules=len(night.schedules),
+            quotas=len(night.quotas),
+            regions=len(regions),
+        )
     gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
     gpu_vms = [vm for vm in night.vms if vm["size"].lower() in gpu_sizes]
     with step("collect metrics") as info:
@@ -125,13 +129,15 @@ def store_findings(conn: Connection, run_id: int, findings: list[rules.Finding])
             )
         )
     }
-    now = utc_naive(datetime.now(UTC))
+    started = conn.execute(
+        select(schema.runs.c.started_at).where(schema.runs.c.id == run_id)
+    ).scalar_one()
     conn.execute(delete(table).where(table.c.run_id == run_id))
     rows = [
         {
             **f.__dict__,
             "run_id": run_id,
-            "first_seen": first_seen.get((f.rule_id, f.resource_id), now),
+            "first_seen": first_seen.get((f.rule_id, f.resource_id), started),
         }
         for f in findings
     ]
@@ -149,47 +155,56 @@ def analyze(
     return findings
 
 
+def store_night(
+    engine: Engine, run_id: int, night: Collection, settings: Settings, with_rules: bool = True
+) -> list[rules.Finding]:
+    """Load the night and evaluate the rules in one transaction, then mark the run done."""
+    runs = schema.runs
+    with engine.begin() as conn:
+        with step("load") as info:
+            counts = load_night(conn, run_id, night)
+            info.update(counts)
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                metrics_start=utc_naive(night.metrics_start),
+                metrics_end=utc_naive(night.metrics_end),
+                cost_start=night.cost_start,
+                cost_end=night.cost_end,
+            )
+        )
+        findings = analyze(conn, run_id, settings) if with_rules else []
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                status="succeeded" if with_rules else "collected",
+                finished_at=utc_naive(datetime.now(UTC)),
+                counts={**counts, "findings": len(findings)},
+            )
+        )
+    return findings
+
+
 def run_night(
     engine: Engine,
     clients: AzureClients,
     settings: Settings,
     source: str,
     with_rules: bool = True,
-    with_report: bool = True,
 ) -> NightResult:
-    """Collect a night, store it and (by default) evaluate rules and write the report."""
+    """Collect a night, store it and (by default) evaluate the rules and write the report."""
     upgrade(engine)
     now = datetime.now(UTC)
     run_id = start_run(engine, source, now)
     log.info("run %s started (source %s)", run_id, source)
     try:
         night = collect(clients, settings, now)
-        with engine.begin() as conn, step("load") as info:
-            counts = load_night(conn, run_id, night)
-            info.update(counts)
-            conn.execute(
-                update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(
-                    metrics_start=utc_naive(night.metrics_start),
-                    metrics_end=utc_naive(night.metrics_end),
-                    cost_start=night.cost_start,
-                    cost_end=night.cost_end,
-                )
-            )
-            findings = analyze(conn, run_id, settings) if with_rules else []
-            conn.execute(
-                update(schema.runs)
-                .where(schema.runs.c.id == run_id)
-                .values(
-                    status="succeeded" if with_rules else "collected",
-                    finished_at=utc_naive(datetime.now(UTC)),
-                    counts={**counts, "findings": len(findings)},
-                )
-            )
+        findings = store_night(engine, run_id, night, settings, with_rules)
     except BaseException as e:
         fail_run(engine, run_id, e)
         raise
-    report = write_report(engine, settings, run_id) if with_rules and with_report else None
-    log.info("run %s succeeded", run_id)
+    report = write_report(engine, settings, run_id) if with_rules else None
+    log.info("run %s succeeded: %s finding(s)", run_id, len(findings))
     return NightResult(run_id, len(findings), report)

@@ -14,7 +14,7 @@ def write_report(engine: Engine, settings: Settings, run_id: int) -> Path:
     from finops.report.render import render_html
 
     with engine.connect() as conn:
-        data = build(conn, run_id)
+        data = build(conn, run_id, settings.currency)
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     path = settings.reports_dir / f"finops-{data.date.isoformat()}.html"
     tmp = path.with_suffix(".html.tmp")

@@ -49,11 +49,16 @@ def savings_by_currency(findings: list[dict[str, Any]]) -> dict[str, Decimal]:
     return dict(totals)
 
 
-def headline(findings: list[dict[str, Any]], titles: dict[str, str]) -> str:
+def headline(findings: list[dict[str, Any]], titles: dict[str, str], currency: str) -> str:
+    """One line: the monthly saving in the report's currency, where most of it is, and what is
+    counted in other currencies (list prices are USD; billed costs carry the billing currency)."""
     if not findings:
         return "No savings found tonight: every GPU VM checked is busy, scheduled or deallocated."
     totals = savings_by_currency(findings)
-    currency, total = max(totals.items(), key=lambda kv: kv[1])
+    if currency not in totals:
+        currency = max(totals.items(), key=lambda kv: kv[1])[0]
+    total = totals[currency]
+    others = ", ".join(_fmt(v, c) for c, v in sorted(totals.items()) if c != currency)
     resources = {f["resource_id"] for f in findings if f["currency"] == currency}
     by_rule: Counter[str] = Counter()
     by_sub: Counter[str] = Counter()
@@ -67,8 +72,9 @@ def headline(findings: list[dict[str, Any]], titles: dict[str, str]) -> str:
     share = sub_amount / total * 100 if total else 0
     return (
         f"{_fmt(total, currency)} a month can be saved on {len(resources)} GPU VMs; "
-        f"the largest part is {titles.get(rule, rule).lower()} ({_fmt(rule_amount, currency)}), "
-        f"and {share:.0f} % of it is in subscription {sub}."
+        f"most from {titles.get(rule, rule)} findings ({_fmt(rule_amount, currency)}), "
+        f"and {share:.0f} % of it in subscription {sub}."
+        + (f" Also {others} in other currencies." if others else "")
     )
 
 
@@ -85,7 +91,7 @@ def _largest_per_resource(findings: list[dict[str, Any]], currency: str) -> list
     return list(best.values())
 
 
-def build(conn: Connection, run_id: int) -> ReportData:
+def build(conn: Connection, run_id: int, currency: str) -> ReportData:
     run = dict(conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).one()._mapping)
     subs = {
         r.subscription_id: r.display_name
@@ -108,13 +114,14 @@ def build(conn: Connection, run_id: int) -> ReportData:
         f["subscription"] = subs.get(vm.get("subscription_id"), vm.get("subscription_id", ""))
         f["resource_group"] = vm.get("resource_group", "")
         f["rule_title"] = titles.get(f["rule_id"], f["rule_id"])
+        f["new"] = f["first_seen"] >= run["started_at"]
         f["age_days"] = (run["started_at"] - f["first_seen"]).days
         rows.append(f)
     rows.sort(key=lambda f: (-f["monthly_saving"], f["rule_id"], f["name"]))
     active = [f for f in rows if not f["exempt"]]
     return ReportData(
         run=run,
-        headline=headline(active, titles),
+        headline=headline(active, titles, currency),
         savings=savings_by_currency(active),
         findings=active,
         exempt=[f for f in rows if f["exempt"]],
@@ -151,9 +158,17 @@ def _fleet(conn: Connection, run: dict[str, Any], vms: dict[str, dict]) -> list[
         family = size_family(vm["size"])
         entry = families.setdefault(
             family,
-            {"family": family, "running": 0, "stopped": 0, "deallocated": 0, "other": 0,
-             "gpus_running": Decimal(0), "gpus": Decimal(0), "cost": defaultdict(Decimal)},
-        )  # fmt: skip
+            {
+                "family": family,
+                "running": 0,
+                "stopped": 0,
+                "deallocated": 0,
+                "other": 0,
+                "gpus_running": Decimal(0),
+                "gpus": Decimal(0),
+                "cost": defaultdict(Decimal),
+            },
+        )
         state = (
             vm["power_state"]
             if vm["power_state"] in ("running", "stopped", "deallocated")
@@ -178,12 +193,14 @@ def _quotas(conn: Connection, run_id: int, subs: dict[str, str]) -> list[dict[st
     rows = []
     for q in conn.execute(select(schema.quotas).where(schema.quotas.c.run_id == run_id)):
         percent = q.current_value / q.limit * 100 if q.limit else 0.0
-        rows.append({
-            "subscription": subs.get(q.subscription_id, q.subscription_id),
-            "location": q.location,
-            "family": q.display_name,
-            "used": q.current_value,
-            "limit": q.limit,
-            "percent": round(percent),
-        })  # fmt: skip
+        rows.append(
+            {
+                "subscription": subs.get(q.subscription_id, q.subscription_id),
+                "location": q.location,
+                "family": q.display_name,
+                "used": q.current_value,
+                "limit": q.limit,
+                "percent": round(percent),
+            }
+        )
     return sorted(rows, key=lambda r: -r["percent"])

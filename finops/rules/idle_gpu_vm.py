@@ -18,8 +18,12 @@ WHY = (
     "costs more a day than most teams' whole CPU fleet. GPU utilisation is the measure (CPU can "
     "be busy feeding nothing); without GPU telemetry the rule falls back to CPU and says so."
 )
-THRESHOLDS = ("idle_gpu_avg_percent", "idle_gpu_p95_percent", "idle_cpu_avg_percent",
-              "idle_min_hours")  # fmt: skip
+THRESHOLDS = (
+    "idle_gpu_avg_percent",
+    "idle_gpu_p95_percent",
+    "idle_cpu_avg_percent",
+    "idle_min_hours",
+)
 
 
 def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[Finding]:

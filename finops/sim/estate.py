@@ -151,66 +151,254 @@ class Estate:
         # The story: eight A100 nodes left running after a training job crashed on Friday.
         for i in range(1, 9):
             self._add(
-                0, "ml-training", f"train-nd-a100-{i}", "eastus", "Standard_ND96asr_v4",
-                "running", on_since_h=60, gpu=IDLE_GPU,
+                0,
+                "ml-training",
+                f"train-nd-a100-{i}",
+                "eastus",
+                "Standard_ND96asr_v4",
+                "running",
+                on_since_h=60,
+                gpu=IDLE_GPU,
                 tags={**team, "workload": "training"},
-                expect=frozenset({IDLE, NO_SHUTDOWN}), scenario="crashed training job",
-            )  # fmt: skip
+                expect=frozenset({IDLE, NO_SHUTDOWN}),
+                scenario="crashed training job",
+            )
         add = self._add
-        add(0, "ml-dev", "dev-nc-a100-idle", "eastus", "Standard_NC24ads_A100_v4", "running",
-            on_since_h=month, gpu=IDLE_GPU, schedule="Enabled", tags=team,
-            expect=frozenset({IDLE}), scenario="idle, has a schedule")  # fmt: skip
-        add(1, "inference", "infer-nc-t4-notelemetry", "eastus", "Standard_NC8as_T4_v3", "running",
-            on_since_h=month, gpu=None, cpu=Profile(0.5, 3.0), schedule="Enabled",
-            expect=frozenset({IDLE}), scenario="idle by CPU, no GPU telemetry")  # fmt: skip
-        add(1, "inference", "infer-nc-t4-gpu6", "eastus", "Standard_NC4as_T4_v3", "running",
-            on_since_h=month, gpu=Profile(5.2, 6.8), schedule="Enabled",
-            scenario="near-miss: GPU average 6 %")  # fmt: skip
-        add(1, "inference", "infer-nc-a100-bursty", "westeurope", "Standard_NC24ads_A100_v4",
-            "running", on_since_h=month, gpu=Profile(1.0, 2.0, 0.10, 12.0, 18.0),
-            schedule="Enabled", scenario="near-miss: GPU p95 above 10 %")  # fmt: skip
-        add(1, "inference", "infer-nc-t4-cpu7", "westeurope", "Standard_NC16as_T4_v3", "running",
-            on_since_h=month, gpu=None, cpu=Profile(6.0, 8.0), schedule="Enabled",
-            scenario="near-miss: no GPU telemetry, CPU average 7 %")  # fmt: skip
-        add(2, "notebooks", "nb-nc-t4-busy", "eastus", "Standard_NC4as_T4_v3", "running",
-            on_since_h=month, gpu=BUSY, cpu=MID_CPU, tags=team,
-            expect=frozenset({NO_SHUTDOWN}), scenario="busy, no schedule")  # fmt: skip
-        add(2, "notebooks", "nb-nc-a100-schedoff", "eastus", "Standard_NC48ads_A100_v4",
-            "running", on_since_h=month, gpu=BUSY, cpu=MID_CPU, schedule="Disabled",
-            expect=frozenset({NO_SHUTDOWN}), scenario="busy, schedule disabled")  # fmt: skip
-        add(0, "viz", "viz-nv-a10-stopped", "westeurope", "Standard_NV36ads_A10_v5", "stopped",
-            on_since_h=month, off_since_h=100, gpu=IDLE_GPU, tags=team,
-            expect=frozenset({STOPPED}), scenario="stopped from the OS, still billed")  # fmt: skip
-        add(0, "ml-training", "train-nd-h100-stopped", "eastus", "Standard_ND96isr_H100_v5",
-            "stopped", on_since_h=month, off_since_h=40, gpu=IDLE_GPU, schedule="Enabled",
-            tags=team, expect=frozenset({STOPPED}), scenario="stopped, still billed")  # fmt: skip
-        add(0, "ml-training", "train-nc-a100-dealloc", "eastus", "Standard_NC96ads_A100_v4",
-            "deallocated", on_since_h=month, off_since_h=12 * 24, gpu=BUSY,
-            scenario="near-miss: deallocated, no schedule")  # fmt: skip
-        add(1, "serving", "serve-nd-h100-busy", "eastus", "Standard_ND96isr_H100_v5", "running",
-            on_since_h=month, gpu=BUSY, cpu=MID_CPU, schedule="Enabled",
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-a100-idle",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            tags=team,
+            expect=frozenset({IDLE}),
+            scenario="idle, has a schedule",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-notelemetry",
+            "eastus",
+            "Standard_NC8as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=None,
+            cpu=Profile(0.5, 3.0),
+            schedule="Enabled",
+            expect=frozenset({IDLE}),
+            scenario="idle by CPU, no GPU telemetry",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-gpu6",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=Profile(5.2, 6.8),
+            schedule="Enabled",
+            scenario="near-miss: GPU average 6 %",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-a100-bursty",
+            "westeurope",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=Profile(1.0, 2.0, 0.10, 12.0, 18.0),
+            schedule="Enabled",
+            scenario="near-miss: GPU p95 above 10 %",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-cpu7",
+            "westeurope",
+            "Standard_NC16as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=None,
+            cpu=Profile(6.0, 8.0),
+            schedule="Enabled",
+            scenario="near-miss: no GPU telemetry, CPU average 7 %",
+        )
+        add(
+            2,
+            "notebooks",
+            "nb-nc-t4-busy",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            tags=team,
+            expect=frozenset({NO_SHUTDOWN}),
+            scenario="busy, no schedule",
+        )
+        add(
+            2,
+            "notebooks",
+            "nb-nc-a100-schedoff",
+            "eastus",
+            "Standard_NC48ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Disabled",
+            expect=frozenset({NO_SHUTDOWN}),
+            scenario="busy, schedule disabled",
+        )
+        add(
+            0,
+            "viz",
+            "viz-nv-a10-stopped",
+            "westeurope",
+            "Standard_NV36ads_A10_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=100,
+            gpu=IDLE_GPU,
+            tags=team,
+            expect=frozenset({STOPPED}),
+            scenario="stopped from the OS, still billed",
+        )
+        add(
+            0,
+            "ml-training",
+            "train-nd-h100-stopped",
+            "eastus",
+            "Standard_ND96isr_H100_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=40,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            tags=team,
+            expect=frozenset({STOPPED}),
+            scenario="stopped, still billed",
+        )
+        add(
+            0,
+            "ml-training",
+            "train-nc-a100-dealloc",
+            "eastus",
+            "Standard_NC96ads_A100_v4",
+            "deallocated",
+            on_since_h=month,
+            off_since_h=12 * 24,
+            gpu=BUSY,
+            scenario="near-miss: deallocated, no schedule",
+        )
+        add(
+            1,
+            "serving",
+            "serve-nd-h100-busy",
+            "eastus",
+            "Standard_ND96isr_H100_v5",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
             tags={"owner": "lee", "cost-center": "cc-7200", "environment": "prod"},
-            scenario="busy, scheduled")  # fmt: skip
-        add(0, "ml-dev", "dev-nc-a100-exempt", "eastus", "Standard_NC24ads_A100_v4", "running",
-            on_since_h=month, gpu=IDLE_GPU, tags={**team, "finops-exempt": "true"},
-            expect=frozenset({EXEMPT}), scenario="idle, no schedule, exempt")  # fmt: skip
-        add(0, "ml-dev", "dev-nc-t4-notexempt", "westeurope", "Standard_NC4as_T4_v3", "running",
-            on_since_h=month, gpu=IDLE_GPU, schedule="Enabled",
+            scenario="busy, scheduled",
+        )
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-a100-exempt",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            tags={**team, "finops-exempt": "true"},
+            expect=frozenset({EXEMPT}),
+            scenario="idle, no schedule, exempt",
+        )
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-t4-notexempt",
+            "westeurope",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
             tags={**team, "finops-exempt": "false"},
-            expect=frozenset({IDLE}), scenario="idle, exempt tag set to false")  # fmt: skip
-        add(2, "render", "render-nv-a10-spot", "westeurope", "Standard_NV36ads_A10_v5", "running",
-            on_since_h=month, gpu=BUSY, cpu=MID_CPU, schedule="Enabled", priority="Spot",
-            scenario="busy spot VM")  # fmt: skip
-        add(2, "render", "render-nd-a100-80", "eastus", "Standard_ND96amsr_A100_v4", "running",
-            on_since_h=month, gpu=BUSY, cpu=MID_CPU, schedule="Enabled",
-            scenario="busy, untagged")  # fmt: skip
-        add(1, "inference", "infer-nc-t4-new", "eastus", "Standard_NC4as_T4_v3", "running",
-            on_since_h=10, gpu=IDLE_GPU, schedule="Enabled",
-            scenario="near-miss: idle but started 10 hours ago")  # fmt: skip
-        add(2, "web", "web-cpu-idle", "eastus", "Standard_D4s_v5", "running",
-            on_since_h=month, scenario="near-miss: idle CPU VM, no schedule")  # fmt: skip
-        add(2, "web", "web-cpu-stopped", "eastus", "Standard_D8s_v5", "stopped",
-            on_since_h=month, off_since_h=50, scenario="near-miss: stopped CPU VM")  # fmt: skip
+            expect=frozenset({IDLE}),
+            scenario="idle, exempt tag set to false",
+        )
+        add(
+            2,
+            "render",
+            "render-nv-a10-spot",
+            "westeurope",
+            "Standard_NV36ads_A10_v5",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            priority="Spot",
+            scenario="busy spot VM",
+        )
+        add(
+            2,
+            "render",
+            "render-nd-a100-80",
+            "eastus",
+            "Standard_ND96amsr_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            scenario="busy, untagged",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-new",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=10,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            scenario="near-miss: idle but started 10 hours ago",
+        )
+        add(
+            2,
+            "web",
+            "web-cpu-idle",
+            "eastus",
+            "Standard_D4s_v5",
+            "running",
+            on_since_h=month,
+            scenario="near-miss: idle CPU VM, no schedule",
+        )
+        add(
+            2,
+            "web",
+            "web-cpu-stopped",
+            "eastus",
+            "Standard_D8s_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=50,
+            scenario="near-miss: stopped CPU VM",
+        )
 
     def _fillers(self, rng: random.Random, count: int) -> None:
         gpu_sizes = ("Standard_NC8as_T4_v3", "Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5")
@@ -221,14 +409,33 @@ class Estate:
             tags = {} if rng.random() < 0.3 else {"owner": "ops", "environment": "prod"}
             rg = rgs[rng.randrange(len(rgs))]
             if rng.random() < 0.2:
-                self._add(sub, rg, f"gpu-{n:05d}", location, rng.choice(gpu_sizes), "running",
-                          on_since_h=30 * 24, gpu=BUSY, cpu=MID_CPU, schedule="Enabled",
-                          tags=tags)  # fmt: skip
+                self._add(
+                    sub,
+                    rg,
+                    f"gpu-{n:05d}",
+                    location,
+                    rng.choice(gpu_sizes),
+                    "running",
+                    on_since_h=30 * 24,
+                    gpu=BUSY,
+                    cpu=MID_CPU,
+                    schedule="Enabled",
+                    tags=tags,
+                )
                 continue
             state = "running" if rng.random() < 0.8 else "deallocated"
-            self._add(sub, rg, f"vm-{n:05d}", location, rng.choice(tuple(CPU_SIZES)), state,
-                      on_since_h=30 * 24, off_since_h=0 if state == "running" else 5 * 24,
-                      cpu=MID_CPU, tags=tags)  # fmt: skip
+            self._add(
+                sub,
+                rg,
+                f"vm-{n:05d}",
+                location,
+                rng.choice(tuple(CPU_SIZES)),
+                state,
+                on_since_h=30 * 24,
+                off_since_h=0 if state == "running" else 5 * 24,
+                cpu=MID_CPU,
+                tags=tags,
+            )
 
     def _quota_limits(self) -> dict[tuple[str, str, str], int]:
         """(subscription, region, family) -> vCPU limit; the ND A100 quota is near its limit."""

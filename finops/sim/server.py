@@ -481,15 +481,35 @@ def _routes() -> list[Route]:
     sub = r"/subscriptions/([^/]+)"
     table: list[tuple[str, str, str, set[str], Callable[..., Reply]]] = [
         ("subscriptions", "GET", r"/subscriptions", {"2022-12-01"}, list_subscriptions),
-        ("vms", "GET", sub + r"/providers/Microsoft\.Compute/virtualMachines",
-         {"2026-04-01"}, list_vms),
+        (
+            "vms",
+            "GET",
+            sub + r"/providers/Microsoft\.Compute/virtualMachines",
+            {"2026-04-01"},
+            list_vms,
+        ),
         ("skus", "GET", sub + r"/providers/Microsoft\.Compute/skus", {"2021-07-01"}, list_skus),
-        ("usages", "GET", sub + r"/providers/Microsoft\.Compute/locations/([^/]+)/usages",
-         {"2026-04-01"}, list_usages),
-        ("schedules", "GET", sub + r"/providers/Microsoft\.DevTestLab/schedules",
-         {"2018-09-15"}, list_schedules),
+        (
+            "usages",
+            "GET",
+            sub + r"/providers/Microsoft\.Compute/locations/([^/]+)/usages",
+            {"2026-04-01"},
+            list_usages,
+        ),
+        (
+            "schedules",
+            "GET",
+            sub + r"/providers/Microsoft\.DevTestLab/schedules",
+            {"2018-09-15"},
+            list_schedules,
+        ),
         ("metrics", "POST", sub + r"/metrics:getBatch", {"2024-02-01"}, metrics_batch),
-        ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query",
-         {"2025-03-01"}, cost_query),
-    ]  # fmt: skip
+        (
+            "costs",
+            "POST",
+            r"/(.+)/providers/Microsoft\.CostManagement/query",
+            {"2025-03-01"},
+            cost_query,
+        ),
+    ]
     return [Route(*row) for row in table]

@@ -1,0 +1,160 @@
+"""Collectors through the real Azure SDK clients against the simulated estate over HTTPS."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from finops.azure import costs, inventory, metrics
+from finops.azure.clients import AzureClients, StaticTokenCredential
+from finops.pipeline import collect
+from finops.sim.estate import Estate
+from finops.sim.server import SimServer
+from tests.conftest import sim_settings
+
+
+def _sub(estate: Estate, index: int = 0) -> str:
+    return estate.subscriptions[index].subscription_id
+
+
+def test_subscriptions_lists_every_visible_one(clients, estate):
+    rows = inventory.subscriptions(clients, [])
+    assert {r["subscription_id"] for r in rows} == {s.subscription_id for s in estate.subscriptions}
+    assert {r["display_name"] for r in rows} == {s.display_name for s in estate.subscriptions}
+
+
+def test_configured_subscription_that_is_not_visible_is_a_clear_error(clients):
+    with pytest.raises(LookupError, match="not visible"):
+        inventory.subscriptions(clients, ["00000000-0000-0000-0000-000000000000"])
+
+
+def test_vms_join_power_state_tags_size_across_pages(clients, estate, sim):
+    sub = _sub(estate)
+    before = sim.requests["vms"]
+    rows = {r["resource_id"]: r for r in inventory.vms(clients, sub)}
+    expected = estate.vms_in(sub)
+    assert len(rows) == len(expected)
+    # page size 10: both the full and the status-only list are paged by nextLink
+    pages = -(-len(expected) // sim.page_size)
+    assert sim.requests["vms"] - before == 2 * pages
+    for vm in expected:
+        row = rows[vm.id.lower()]
+        assert row["power_state"] == vm.power_state
+        assert row["size"] == vm.size
+        assert row["tags"] == vm.tags
+        assert row["priority"] == vm.priority
+        assert row["os_type"] == "Linux"
+        assert row["resource_group"] == vm.resource_group
+        assert row["resource_id"] == row["resource_id"].lower()
+
+
+def test_vm_sizes_carry_gpu_facts_from_skus_and_catalog(clients, estate):
+    sizes = {s["size"]: s for s in inventory.vm_sizes(clients, _sub(estate), ["eastus"])}
+    a100 = sizes["Standard_ND96asr_v4"]
+    assert (a100["gpus"], a100["gpu_model"], a100["gpu_memory_gb"]) == (8, "A100", 40)
+    assert a100["vcpus"] == 96
+    assert sizes["Standard_NV6ads_A10_v5"]["gpus"] == Decimal("0.166667")
+    cpu = sizes["Standard_D4s_v5"]
+    assert cpu["gpus"] == 0 and cpu["gpu_model"] is None
+
+
+def test_quotas_keep_gpu_families_only_with_usage_and_limit(clients, estate):
+    sub = _sub(estate)
+    rows = inventory.quotas(clients, sub, ["eastus", "westeurope"])
+    families = {r["family"] for r in rows}
+    assert "standardndasv4_a100family" in families
+    assert not any(f.startswith("standardd") or f == "cores" for f in families)
+    story = next(
+        r for r in rows if r["family"] == "standardndasv4_a100family" and r["location"] == "eastus"
+    )
+    assert (story["current_value"], story["limit"]) == (8 * 96, 800)
+
+
+def test_schedules_are_listed_once_per_subscription(clients, estate, sim):
+    sub = _sub(estate, 2)
+    before = sim.requests["schedules"]
+    rows = {r["resource_id"]: r for r in inventory.schedules(clients, sub)}
+    expected = {vm.id.lower(): vm.schedule for vm in estate.vms_in(sub) if vm.schedule}
+    assert {rid: r["status"] for rid, r in rows.items()} == expected
+    assert sim.requests["schedules"] - before == -(-len(expected) // sim.page_size)
+
+
+def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):
+    vms = [r for r in inventory.vms(clients, _sub(estate)) if r["name"].startswith("train-nd-a100")]
+    end = estate.now
+    before = sim.requests["metrics"]
+    rows = list(metrics.hourly(clients, vms, end - timedelta(days=7), end))
+    # 8 VMs in one region: one batch call for CPU and one for GPU
+    assert sim.requests["metrics"] - before == 2
+    by_vm = {}
+    for row in rows:
+        by_vm.setdefault((row["resource_id"], row["metric"]), []).append(row)
+    assert {rid for rid, _ in by_vm} == {vm["resource_id"] for vm in vms}
+    for (rid, metric), points in by_vm.items():
+        assert len(points) == 60  # started 60 hours ago: no data before
+        vm = estate.by_id[rid]
+        first = points[0]
+        assert estate.hourly(vm, metric, first["ts"].replace(tzinfo=first["ts"].tzinfo)) == (
+            first["average"],
+            first["maximum"],
+        )
+
+
+def test_metrics_batches_hold_at_most_50_vms_of_one_region(sim, estate):
+    big = Estate(seed=3, vms=400)
+    with SimServer(big, page_size=1000) as server:
+        settings = sim_settings(server)
+        clients = AzureClients(StaticTokenCredential(), settings.azure)
+        vms = []
+        for sub in big.subscriptions:
+            vms += inventory.vms(clients, sub.subscription_id)
+        list(metrics.hourly(clients, vms, big.now - timedelta(hours=2), big.now))
+        groups = {(vm["subscription_id"], vm["location"]) for vm in vms}
+        expected = sum(
+            -(-sum(1 for vm in vms if (vm["subscription_id"], vm["location"]) == g) // 50)
+            for g in groups
+        )
+        assert server.requests["metrics"] == 2 * expected
+        assert server.requests["unknown"] == 0
+
+
+def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
+    sub = _sub(estate)
+    end = estate.now.date()
+    start = end - timedelta(days=30)
+    before = sim.requests["costs"]
+    rows = list(costs.daily(clients, sub, start, end))
+    assert sim.requests["costs"] - before > 1  # more than one page
+    vm = next(v for v in estate.vms_in(sub) if v.name == "train-nd-h100-stopped")
+    day = end - timedelta(days=3)
+    row = next(r for r in rows if r["resource_id"] == vm.id.lower() and r["usage_date"] == day)
+    assert row["cost"] == estate.daily_cost(vm, day) == Decimal("98.32") * 24
+    assert isinstance(row["cost"], Decimal) and row["currency"] == "USD"
+    assert row["meter_category"] == "Virtual Machines"
+    keys = {(r["resource_id"], r["usage_date"], r["meter_category"]) for r in rows}
+    assert len(keys) == len(rows)
+
+
+def test_unsupported_api_version_is_refused_like_arm(clients, estate):
+    api = clients.compute(_sub(estate)).virtual_machines
+    with pytest.raises(HttpResponseError) as error:
+        list(api.list_all(api_version="2020-01-01"))
+    assert error.value.status_code == 400
+    assert "InvalidApiVersionParameter" in str(error.value)
+
+
+def test_collection_makes_no_call_per_vm(estate):
+    """Requests grow with pages and batches, not with VMs: 10x the VMs, same order of calls."""
+    counts = {}
+    for size in (60, 600):
+        with SimServer(Estate(seed=7, vms=size), page_size=1000, cost_page_size=5000) as server:
+            settings = sim_settings(server)
+            clients = AzureClients(StaticTokenCredential(), settings.azure)
+            night = collect(clients, settings, server.estate.now)
+            assert len(night.vms) == size
+            counts[size] = sum(server.requests.values())
+    assert counts[600] <= counts[60] + 2 * 2 * 3 * (600 // 50)  # only more metric batches
+    assert counts[600] < 600 / 5

@@ -1,0 +1,281 @@
+"""Each rule on hand-built store rows, with the near-misses at its thresholds."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from finops import rules
+from finops.collection import Collection
+from finops.config import load_settings
+from finops.pipeline import run_context, start_run
+from finops.store.db import engine_for, upgrade
+from finops.store.load import load_night
+
+NOW = datetime(2026, 11, 20, 12, 0)
+SUB = "11111111-2222-4333-8444-555555555555"
+A100 = "Standard_NC24ads_A100_v4"  # 3.673 USD/h list
+SIZES = [
+    {
+        "size": A100,
+        "vcpus": 24,
+        "memory_gb": 220.0,
+        "gpus": Decimal(1),
+        "gpu_model": "A100 PCIe",
+        "gpu_memory_gb": 80,
+        "family": "StandardNCADSA100v4Family",
+    },
+    {
+        "size": "Standard_D4s_v5",
+        "vcpus": 4,
+        "memory_gb": 16.0,
+        "gpus": Decimal(0),
+        "gpu_model": None,
+        "gpu_memory_gb": None,
+        "family": "standardDSv5Family",
+    },
+]
+
+
+def rid(name: str) -> str:
+    return (
+        f"/subscriptions/{SUB}/resourcegroups/rg/providers/microsoft.compute/virtualmachines/{name}"
+    )
+
+
+class Night:
+    """A night built by hand: VMs, hourly metrics, daily costs, schedules."""
+
+    def __init__(self):
+        self.c = Collection(
+            metrics_start=NOW - timedelta(days=7),
+            metrics_end=NOW,
+            cost_start=NOW.date() - timedelta(days=30),
+            cost_end=NOW.date(),
+            subscriptions=[{"subscription_id": SUB, "display_name": "test"}],
+            vm_sizes=SIZES,
+        )
+
+    def vm(
+        self,
+        name,
+        size=A100,
+        state="running",
+        tags=None,
+        gpu=None,
+        cpu=None,
+        hours=168,
+        daily_cost=None,
+        schedule=None,
+    ):
+        self.c.vms.append(
+            {
+                "resource_id": rid(name),
+                "name": name,
+                "subscription_id": SUB,
+                "resource_group": "rg",
+                "location": "eastus",
+                "size": size,
+                "power_state": state,
+                "os_type": "Linux",
+                "priority": "Regular",
+                "tags": tags or {},
+            }
+        )
+        for metric, value in (("gpu", gpu), ("cpu", cpu)):
+            if value is None:
+                continue
+            average, maximum = value
+            for h in range(hours):
+                self.c.metrics.append(
+                    {
+                        "resource_id": rid(name),
+                        "metric": metric,
+                        "ts": NOW - timedelta(hours=h + 1),
+                        "average": average,
+                        "maximum": maximum,
+                    }
+                )
+        if daily_cost is not None:
+            for d in range(1, 8):
+                self.c.costs.append(
+                    {
+                        "resource_id": rid(name),
+                        "usage_date": NOW.date() - timedelta(days=d),
+                        "cost_type": "ActualCost",
+                        "meter_category": "Virtual Machines",
+                        "cost": Decimal(daily_cost),
+                        "currency": "EUR",
+                    }
+                )
+        if schedule:
+            self.c.schedules.append(
+                {
+                    "resource_id": rid(name),
+                    "schedule_id": f"{rid(name)}-schedule",
+                    "status": schedule,
+                    "daily_time": "1900",
+                    "time_zone": "UTC",
+                }
+            )
+        return self
+
+    def evaluate(self, db_url: str, **settings) -> dict[tuple[str, str], rules.Finding]:
+        engine = engine_for(db_url)
+        upgrade(engine)
+        run_id = start_run(engine, "test", NOW)
+        with engine.begin() as conn:
+            load_night(conn, run_id, self.c)
+            conn.execute(
+                rules.schema.runs.update()
+                .where(rules.schema.runs.c.id == run_id)
+                .values(
+                    metrics_start=self.c.metrics_start,
+                    metrics_end=self.c.metrics_end,
+                    cost_end=self.c.cost_end,
+                )
+            )
+            found = rules.evaluate(conn, run_context(conn, run_id), load_settings(**settings))
+        engine.dispose()
+        return {(f.rule_id, f.resource_id.rsplit("/", 1)[1]): f for f in found}
+
+
+IDLE, NO_SHUTDOWN, STOPPED = (
+    "idle-gpu-vm",
+    "gpu-vm-no-auto-shutdown",
+    "gpu-vm-stopped-not-deallocated",
+)
+
+
+def flagged(found, rule: str) -> set[str]:
+    return {name for (r, name), f in found.items() if r == rule and not f.exempt}
+
+
+def test_idle_gpu_vm_thresholds_and_near_misses(db_url):
+    night = Night()
+    night.vm("idle", gpu=(1.0, 3.0), schedule="Enabled")
+    night.vm("avg-at-threshold", gpu=(5.0, 6.0), schedule="Enabled")
+    night.vm("p95-at-threshold", gpu=(4.9, 10.0), schedule="Enabled")
+    night.vm("just-under", gpu=(4.9, 9.9), schedule="Enabled")
+    night.vm("cpu-fallback", cpu=(4.9, 8.0), schedule="Enabled")
+    night.vm("cpu-at-threshold", cpu=(5.0, 8.0), schedule="Enabled")
+    night.vm("too-little-data", gpu=(1.0, 2.0), hours=23, schedule="Enabled")
+    night.vm("just-enough-data", gpu=(1.0, 2.0), hours=24, schedule="Enabled")
+    night.vm("deallocated", state="deallocated", gpu=(1.0, 2.0), schedule="Enabled")
+    night.vm("cpu-vm", size="Standard_D4s_v5", cpu=(0.5, 1.0), schedule="Enabled")
+    found = night.evaluate(db_url)
+    assert flagged(found, IDLE) == {"idle", "just-under", "cpu-fallback", "just-enough-data"}
+    fallback = found[(IDLE, "cpu-fallback")].evidence
+    assert fallback["gpu_telemetry"] == "missing" and fallback["signal"] == "cpu"
+    idle = found[(IDLE, "idle")]
+    assert idle.evidence["gpu_avg_percent"] == 1.0 and idle.evidence["hours_with_data"] == 168
+    assert idle.proposed_action == "deallocate"
+
+
+def test_idle_thresholds_come_from_settings(db_url):
+    night = Night().vm("gpu6", gpu=(6.0, 7.0), schedule="Enabled")
+    assert not flagged(night.evaluate(db_url), IDLE)
+    assert flagged(night.evaluate(db_url, rules={"idle_gpu_avg_percent": 7}), IDLE) == {"gpu6"}
+
+
+def test_saving_uses_billed_cost_else_list_price(db_url):
+    night = Night()
+    night.vm("billed", gpu=(1.0, 2.0), daily_cost="50.000000", schedule="Enabled")
+    night.vm("unbilled", gpu=(1.0, 2.0), schedule="Enabled")
+    found = night.evaluate(db_url)
+    billed = found[(IDLE, "billed")]
+    assert billed.saving_basis == "billed" and billed.currency == "EUR"
+    assert billed.monthly_saving == Decimal("1520.83")  # 50 x 730 / 24
+    unbilled = found[(IDLE, "unbilled")]
+    assert unbilled.saving_basis == "list-price" and unbilled.currency == "USD"
+    assert unbilled.monthly_saving == Decimal("2681.29")  # 3.673 x 730
+
+
+def test_no_auto_shutdown(db_url):
+    night = Night()
+    night.vm("none", gpu=(60.0, 90.0), daily_cost="24.000000")
+    night.vm("disabled", gpu=(60.0, 90.0), schedule="Disabled")
+    night.vm("enabled", gpu=(60.0, 90.0), schedule="Enabled")
+    night.vm("stopped", state="stopped")
+    night.vm("cpu-vm", size="Standard_D4s_v5", cpu=(50.0, 60.0))
+    found = night.evaluate(db_url)
+    assert flagged(found, NO_SHUTDOWN) == {"none", "disabled"}
+    finding = found[(NO_SHUTDOWN, "none")]
+    # 730 h a month at 1 EUR/h; 108 of 168 weekly hours fall outside 08:00-20:00 Mon-Fri
+    assert finding.monthly_saving == Decimal("469.29")
+    assert finding.saving_basis == "estimate-billed"
+    assert finding.proposed_action == "create-auto-shutdown"
+    seven_days = night.evaluate(
+        db_url, rules={"working_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}
+    )
+    assert seven_days[(NO_SHUTDOWN, "none")].monthly_saving == Decimal("365.00")
+
+
+def test_stopped_not_deallocated(db_url):
+    night = Night()
+    night.vm("stopped", state="stopped", daily_cost="88.152000")
+    night.vm("deallocated", state="deallocated")
+    night.vm("cpu-stopped", size="Standard_D4s_v5", state="stopped")
+    found = night.evaluate(db_url)
+    assert flagged(found, STOPPED) == {"stopped"}
+    assert found[(STOPPED, "stopped")].monthly_saving == Decimal("2681.29")
+
+
+def test_exempt_tag_marks_findings_exempt(db_url):
+    night = Night()
+    night.vm("exempt", gpu=(1.0, 2.0), tags={"FinOps-Exempt": "TRUE"})
+    night.vm("not-exempt", gpu=(1.0, 2.0), tags={"finops-exempt": "false"}, schedule="Enabled")
+    found = night.evaluate(db_url)
+    assert found[(IDLE, "exempt")].exempt and found[(NO_SHUTDOWN, "exempt")].exempt
+    assert flagged(found, IDLE) == {"not-exempt"}
+    other = night.evaluate(db_url, exempt_tag="keep=yes")
+    assert not other[(IDLE, "exempt")].exempt
+
+
+def test_unknown_rule_id_is_refused():
+    with pytest.raises(rules.UnknownRuleError, match="no-such-rule"):
+        rules.select_rules(["no-such-rule"])
+
+
+def test_every_rule_has_its_metadata():
+    for rule_id, module in rules.registry().items():
+        assert rule_id == module.ID
+        assert module.TITLE and module.WHY and module.SEVERITY in ("high", "medium", "low")
+        for name in module.THRESHOLDS:
+            assert hasattr(load_settings().rules, name)
+
+
+def test_metrics_outside_the_window_are_ignored(sqlite_url):
+    night = Night().vm("old-idle", gpu=(1.0, 2.0), schedule="Enabled")
+    for row in night.c.metrics:
+        row["ts"] -= timedelta(days=8)
+    assert not night.evaluate(sqlite_url)
+
+
+def test_headline_leads_with_the_configured_currency_and_counts_each_vm_once():
+    from finops.report.build import headline
+
+    def finding(rule, vm, amount, currency="USD", sub="research"):
+        return {
+            "rule_id": rule,
+            "resource_id": vm,
+            "monthly_saving": Decimal(amount),
+            "currency": currency,
+            "subscription": sub,
+        }
+
+    findings = [
+        finding(IDLE, "a", "1000.00"),
+        finding(NO_SHUTDOWN, "a", "643.00"),  # the same VM: counted once, at its largest
+        finding(STOPPED, "b", "500.00", sub="prod"),
+        finding(IDLE, "c", "90.00", currency="EUR"),
+    ]
+    titles = {IDLE: "Idle GPU VM"}
+    line = headline(findings, titles, "USD")
+    assert line.startswith("USD 1,500.00 a month can be saved on 2 GPU VMs; most from Idle GPU")
+    assert "(USD 1,000.00)" in line and "67 % of it in subscription research" in line
+    assert line.endswith("Also EUR 90.00 in other currencies.")
+    assert headline(findings, titles, "EUR").startswith("EUR 90.00 a month can be saved on 1 GPU")
+    assert headline([], titles, "USD").startswith("No savings found tonight")

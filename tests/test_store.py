@@ -1,0 +1,121 @@
+"""The store on SQLite and on a real PostgreSQL server: migrations, load, atomic night."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from finops.collection import Collection
+from finops.config import load_settings
+from finops.pipeline import start_run, store_night
+from finops.store import schema
+from finops.store.db import engine_for, safe_url, upgrade
+
+RID = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm1"
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def _night(cost: str = "12.345678") -> Collection:
+    vm = {
+        "resource_id": RID,
+        "name": "vm1",
+        "subscription_id": "s",
+        "resource_group": "rg",
+        "location": "eastus",
+        "size": "Standard_D4s_v5",
+        "power_state": "running",
+        "os_type": "Linux",
+        "priority": "Regular",
+        "tags": {"owner": "ops"},
+    }
+    return Collection(
+        metrics_start=NOW - timedelta(days=7),
+        metrics_end=NOW,
+        cost_start=date(2026, 10, 21),
+        cost_end=date(2026, 11, 20),
+        subscriptions=[{"subscription_id": "s", "display_name": "sub"}],
+        vms=[vm],
+        metrics=[
+            {
+                "resource_id": RID,
+                "metric": "cpu",
+                "ts": NOW - timedelta(hours=h),
+                "average": 10.0 + h,
+                "maximum": 20.0,
+            }
+            for h in range(1, 25)
+        ],
+        costs=[
+            {
+                "resource_id": RID,
+                "usage_date": date(2026, 11, d),
+                "cost_type": "ActualCost",
+                "meter_category": "Virtual Machines",
+                "cost": Decimal(cost),
+                "currency": "USD",
+            }
+            for d in range(1, 20)
+        ],
+    )
+
+
+def _count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def test_migrations_build_exactly_the_schema(db_url):
+    engine = engine_for(db_url)
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    assert diff == []
+
+
+def test_nights_keep_history_and_time_series_upsert(db_url):
+    engine = engine_for(db_url)
+    upgrade(engine)
+    settings = load_settings()
+    for cost in ("12.345678", "12.500001"):  # the second night sees a settled, higher cost
+        run_id = start_run(engine, "test", NOW)
+        store_night(engine, run_id, _night(cost), settings)
+    assert _count(engine, schema.runs) == 2
+    assert _count(engine, schema.vms) == 2  # one snapshot per night
+    assert _count(engine, schema.metrics_hourly) == 24  # upserted, not duplicated
+    assert _count(engine, schema.costs_daily) == 19
+    with engine.connect() as conn:
+        costs = conn.execute(select(schema.costs_daily.c.cost)).scalars().all()
+        statuses = conn.execute(select(schema.runs.c.status)).scalars().all()
+    assert {Decimal(str(c)) for c in costs} == {Decimal("12.500001")}
+    assert statuses == ["succeeded", "succeeded"]
+
+
+def test_a_failing_load_leaves_nothing_of_the_night(db_url):
+    engine = engine_for(db_url)
+    upgrade(engine)
+    night = _night()
+    night.costs[-1]["cost"] = None  # the last table loaded breaks a NOT NULL constraint
+    run_id = start_run(engine, "test", NOW)
+    with pytest.raises(IntegrityError):
+        store_night(engine, run_id, night, load_settings())
+    for table in (
+        schema.vms,
+        schema.subscriptions,
+        schema.metrics_hourly,
+        schema.costs_daily,
+        schema.findings,
+    ):
+        assert _count(engine, table) == 0, table.name
+
+
+def test_safe_url_hides_the_password():
+    url = "postgresql+psycopg://finops:s3cr3t-canary@db.example:5432/finops"
+    assert "s3cr3t-canary" not in safe_url(url)
+    assert "db.example" in safe_url(url)
