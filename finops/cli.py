@@ -53,13 +53,14 @@ def guarded(command: Callable) -> Callable:
     """Turn expected failures into one line on stderr and a stable exit code."""
     from azure.core.exceptions import AzureError, HttpResponseError
 
+    from finops.remediate.plan import PlanError
     from finops.rules import UnknownRuleError
 
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, UnknownRuleError, UsageError) as e:
+        except (ConfigError, UnknownRuleError, UsageError, PlanError) as e:
             raise _fail(str(e), EXIT_USAGE) from None
         except HttpResponseError as e:
             reason = getattr(e.error, "message", None) or e.reason or "error"
@@ -109,13 +110,18 @@ def _upgraded_store(settings: Settings) -> Engine:
     return engine
 
 
+SIM_STATE_DIR = Path(".finops-sim")
+
+
 @contextmanager
 def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settings, object]]:
-    """The settings pointed at a freshly started simulated estate."""
+    """The settings pointed at a freshly started simulated estate, whose changes (applied
+    plans) persist in .finops-sim/ from one command to the next."""
     from finops.sim.estate import Estate
     from finops.sim.server import SimServer
 
-    with SimServer(Estate(seed=seed, vms=vms)) as sim:
+    state = SIM_STATE_DIR / f"estate-seed{seed}-vms{vms}.json"
+    with SimServer(Estate(seed=seed, vms=vms, state_file=state)) as sim:
         azure = settings.azure.model_copy(
             update={
                 "arm_endpoint": sim.url,
@@ -136,10 +142,11 @@ def _clients(settings: Settings):
     return AzureClients(credential, settings.azure)
 
 
-def _night(settings: Settings, source: str, with_rules: bool = True):
+def _night(settings: Settings, source: str, with_rules: bool = True, simulation=None):
     from finops.pipeline import run_night
 
-    return run_night(_engine(settings), _clients(settings), settings, source, with_rules)
+    engine, clients = _engine(settings), _clients(settings)
+    return run_night(engine, clients, settings, source, with_rules, simulation)
 
 
 @app.command()
@@ -157,7 +164,7 @@ def demo(config: ConfigOption = None, seed: SeedOption = 7, vms: VmsOption = 60)
     """The whole nightly job against a simulated estate, no Azure account needed."""
     settings = load_settings(config)
     with _simulated(settings, seed, vms) as (simulated, _):
-        result = _night(simulated, "simulated")
+        result = _night(simulated, "simulated", simulation={"seed": seed, "vms": vms})
     typer.echo(result.report)
 
 
@@ -218,6 +225,141 @@ def report(config: ConfigOption = None) -> None:
     settings = load_settings(config)
     engine = _upgraded_store(settings)
     typer.echo(write_report(engine, settings, _latest_run(engine, ("succeeded",))))
+
+
+@app.command()
+@guarded
+def plan(
+    config: ConfigOption = None,
+    rule: Annotated[list[str] | None, typer.Option(help="Only this rule id (repeatable).")] = None,
+    subscription: Annotated[
+        list[str] | None, typer.Option(help="Only this subscription id (repeatable).")
+    ] = None,
+    min_saving: Annotated[
+        str | None, typer.Option(help="Only findings saving at least this much a month.")
+    ] = None,
+) -> None:
+    """Turn the newest night's open findings into a plan for review. Changes nothing in Azure."""
+    from decimal import Decimal, InvalidOperation
+
+    from finops.remediate.plan import make_plan, plan_savings, save_plan
+    from finops.rules import select_rules
+
+    settings = load_settings(config)
+    select_rules(rule)  # unknown ids are a usage error
+    try:
+        minimum = None if min_saving is None else Decimal(min_saving)
+    except InvalidOperation:
+        raise UsageError(f"--min-saving must be an amount, not {min_saving!r}") from None
+    engine = _upgraded_store(settings)
+    with engine.begin() as conn:
+        new_plan = make_plan(conn, settings, rule, subscription, minimum)
+        path = save_plan(conn, settings, new_plan)
+    rows = [
+        (
+            a["kind"],
+            a["resource_id"].rsplit("/", 1)[-1],
+            a["finding"]["rule_id"],
+            f"{a['currency']} {Decimal(a['monthly_saving']):,.2f}",
+        )
+        for a in new_plan["actions"]
+    ]
+    _table(("action", "resource", "why", "saving/month"), rows)
+    totals = ", ".join(f"{c} {v:,.2f}" for c, v in plan_savings(new_plan).items()) or "nothing"
+    typer.echo(f"\n{len(rows)} action(s), {totals} a month. Nothing was changed in Azure.")
+    typer.echo(f"Review, then: finops apply {path}")
+    typer.echo(path)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+@guarded
+def apply(
+    plan_file: Annotated[Path, typer.Argument(help="A plan written by `finops plan`.")],
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply without asking.")] = False,
+    max_actions: Annotated[
+        int | None, typer.Option(min=1, help="Allow a plan this large (default: the cap).")
+    ] = None,
+) -> None:
+    """Carry out exactly the actions of one plan, re-checking each resource's live state."""
+    from finops.remediate.apply import Applier, read_plan, verify
+
+    settings = load_settings(config)
+    the_plan = read_plan(plan_file)
+    engine = _upgraded_store(settings)
+    verify(engine, the_plan, settings, max_actions or settings.remediation.max_actions)
+    rows = [
+        (str(a["index"]), a["kind"], a["resource_id"].rsplit("/", 1)[-1], a["finding"]["rule_id"])
+        for a in the_plan["actions"]
+    ]
+    _table(("#", "action", "resource", "why"), rows)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to apply without --yes in a non-interactive run")
+        if not typer.confirm(f"Apply these {len(rows)} action(s)?"):
+            raise UsageError("not applied")
+    target = the_plan["target"]
+    if target["kind"] == "simulated":
+        with _simulated(settings, target["seed"], target["vms"]) as (simulated, _):
+            outcomes = _apply(engine, simulated, the_plan, Applier)
+    else:
+        outcomes = _apply(engine, settings, the_plan, Applier)
+    for o in outcomes:
+        typer.echo(
+            f"{o.index:>3} {o.outcome:9} {o.kind:20} {o.resource_id.rsplit('/', 1)[-1]}: {o.reason}"
+        )
+    counts = {
+        k: sum(o.outcome == k for o in outcomes) for k in ("succeeded", "noop", "skipped", "failed")
+    }
+    typer.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    if counts["failed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _apply(engine: Engine, settings: Settings, the_plan: dict, applier_class) -> list:
+    clients = _clients(settings)
+    actor = clients.actor()
+    log.info("applying plan %s as %s", the_plan["plan_id"], actor)
+    return applier_class(engine, clients, settings, actor).apply(the_plan)
+
+
+@app.command()
+@guarded
+def audit(
+    config: ConfigOption = None,
+    plan_id: Annotated[str | None, typer.Option("--plan", help="Only this plan id.")] = None,
+) -> None:
+    """List what apply did: when, who, which action on which resource, and the outcome."""
+    from finops.store import schema
+
+    settings = load_settings(config)
+    engine = _upgraded_store(settings)
+    query = select(schema.audit).order_by(schema.audit.c.id)
+    if plan_id:
+        query = query.where(schema.audit.c.plan_id.startswith(plan_id))
+    with engine.connect() as conn:
+        rows = [
+            (
+                r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                r.plan_id[:8],
+                r.actor,
+                r.kind,
+                r.resource_id.rsplit("/", 1)[-1],
+                r.outcome,
+                r.error or r.reason or "",
+            )
+            for r in conn.execute(query)
+        ]
+    if not rows:
+        typer.echo("no actions audited" + (f" for plan {plan_id}" if plan_id else ""))
+        return
+    _table(("when (UTC)", "plan", "who", "action", "resource", "outcome", "detail"), rows)
 
 
 @db_app.command("upgrade")

@@ -71,6 +71,34 @@ class RuleSettings(BaseModel):
         return Decimal(end - start) / 60 * len(self.working_days)
 
 
+class RemediationSettings(BaseModel):
+    auto_shutdown_time: str = Field("19:00", description="daily time of created schedules")
+    auto_shutdown_time_zone: str = Field(
+        "UTC", description="Windows time zone id of created schedules, e.g. W. Europe Standard Time"
+    )
+    notification_email: str | None = Field(
+        None, description="who is mailed 30 minutes before a created schedule shuts a VM down"
+    )
+    max_actions: int = Field(25, ge=1, description="apply refuses a larger plan unless told")
+    max_plan_age_hours: float = Field(24, gt=0, description="apply refuses an older plan")
+    concurrency: int = Field(4, ge=1, le=32, description="resources changed at the same time")
+    deallocate_timeout_seconds: int = Field(900, ge=10, description="wait for one deallocation")
+
+    @field_validator("auto_shutdown_time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
+            raise ValueError("must be a time of day like 19:00")
+        return value.strip()
+
+    @field_validator("notification_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError("must be an e-mail address")
+        return value
+
+
 class AzureSettings(BaseModel):
     arm_endpoint: str = Field("https://management.azure.com", description="Resource Manager URL")
     metrics_endpoint: str = Field(
@@ -114,6 +142,7 @@ class Settings(BaseSettings):
     )
     exempt_tag: str = Field("finops-exempt=true", description="tag name=value that exempts")
     rules: RuleSettings = RuleSettings()
+    remediation: RemediationSettings = RemediationSettings()
     azure: AzureSettings = AzureSettings()
 
     @field_validator("subscriptions")

@@ -89,11 +89,15 @@ class NightResult:
     report: Path | None
 
 
-def start_run(engine: Engine, source: str, now: datetime) -> int:
+def start_run(engine: Engine, source: str, now: datetime, simulation: dict | None = None) -> int:
     with engine.begin() as conn:
         return conn.execute(
             schema.runs.insert().values(
-                started_at=utc_naive(now), status="running", source=source, counts={}
+                started_at=utc_naive(now),
+                status="running",
+                source=source,
+                counts={},
+                simulation=simulation,
             )
         ).inserted_primary_key[0]
 
@@ -193,11 +197,12 @@ def run_night(
     settings: Settings,
     source: str,
     with_rules: bool = True,
+    simulation: dict | None = None,
 ) -> NightResult:
     """Collect a night, store it and (by default) evaluate the rules and write the report."""
     upgrade(engine)
     now = datetime.now(UTC)
-    run_id = start_run(engine, source, now)
+    run_id = start_run(engine, source, now, simulation)
     log.info("run %s started (source %s)", run_id, source)
     try:
         night = collect(clients, settings, now)

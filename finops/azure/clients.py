@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from functools import cache
 from typing import Any
@@ -10,6 +12,7 @@ from azure.core.credentials import AccessToken, TokenCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.costmanagement import CostManagementClient
 from azure.mgmt.devtestlabs import DevTestLabsClient
+from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.resource.subscriptions import SubscriptionClient
 from azure.monitor.querymetrics import MetricsClient
 
@@ -19,8 +22,9 @@ from finops.config import AzureSettings
 class StaticTokenCredential:
     """A fixed bearer token: for the simulated estate only (demo and tests), never for Azure."""
 
-    def __init__(self, token: str = "simulated-token"):
-        self._token = token
+    def __init__(self, identity: str = "finops-demo@simulated.invalid"):
+        claims = base64.urlsafe_b64encode(json.dumps({"upn": identity}).encode()).decode()
+        self._token = f"e30.{claims.rstrip('=')}.simulated"  # JWT-shaped, unsigned
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken(self._token, int(time.time()) + 3600)
@@ -48,6 +52,7 @@ class AzureClients:
         self.subscription = cache(self._subscription)
         self.compute = cache(self._compute)
         self.devtestlabs = cache(self._devtestlabs)
+        self.resources = cache(self._resources)
         self.costs = cache(self._costs)
         self.metrics = cache(self._metrics)
 
@@ -60,8 +65,32 @@ class AzureClients:
     def _devtestlabs(self, subscription_id: str) -> DevTestLabsClient:
         return DevTestLabsClient(self.credential, subscription_id, **self._options)
 
+    def _resources(self, subscription_id: str) -> ResourceManagementClient:
+        return ResourceManagementClient(self.credential, subscription_id, **self._options)
+
     def _costs(self) -> CostManagementClient:
         return CostManagementClient(self.credential, **self._options)
+
+    def actor(self) -> str:
+        """Who the credential is (user, app or managed identity), read from its token's claims;
+        never the token itself."""
+        token = self.credential.get_token("https://management.azure.com/.default").token
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (IndexError, ValueError):
+            return "unknown (token without claims)"
+        for claim in (
+            "upn",
+            "unique_name",
+            "preferred_username",
+            "app_displayname",
+            "appid",
+            "oid",
+        ):
+            if claims.get(claim):
+                return f"{claim}:{claims[claim]}"
+        return "unknown"
 
     def _metrics(self, region: str) -> MetricsClient:
         endpoint = self.settings.metrics_endpoint.replace("{region}", region)

@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from finops.catalog import size_family
 from finops.rules import registry
@@ -25,6 +25,8 @@ class ReportData:
     exempt: list[dict[str, Any]]
     fleet: list[dict[str, Any]]
     quotas: list[dict[str, Any]]
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+    resolved_savings: dict[str, Decimal] = field(default_factory=dict)
     rule_titles: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,9 +121,19 @@ def build(conn: Connection, run_id: int, currency: str) -> ReportData:
         rows.append(f)
     rows.sort(key=lambda f: (-f["monthly_saving"], f["rule_id"], f["name"]))
     active = [f for f in rows if not f["exempt"]]
+    resolved = _resolved(conn, run, {(f["rule_id"], f["resource_id"]) for f in active})
+    resolved_savings = savings_by_currency(resolved)
+    line = headline(active, titles, currency)
+    if resolved:
+        amounts = ", ".join(_fmt(v, c) for c, v in sorted(resolved_savings.items()))
+        line += (
+            f" Resolved since the previous night: {len(resolved)} finding(s), {amounts} a month."
+        )
     return ReportData(
         run=run,
-        headline=headline(active, titles, currency),
+        headline=line,
+        resolved=resolved,
+        resolved_savings=resolved_savings,
         savings=savings_by_currency(active),
         findings=active,
         exempt=[f for f in rows if f["exempt"]],
@@ -129,6 +141,25 @@ def build(conn: Connection, run_id: int, currency: str) -> ReportData:
         quotas=_quotas(conn, run_id, subs),
         rule_titles=titles,
     )
+
+
+def _resolved(conn: Connection, run: dict[str, Any], open_now: set) -> list[dict[str, Any]]:
+    """Findings of the previous successful night that tonight no longer has."""
+    runs, findings = schema.runs, schema.findings
+    previous = conn.execute(
+        select(func.max(runs.c.id)).where(runs.c.id < run["id"], runs.c.status == "succeeded")
+    ).scalar()
+    if previous is None:
+        return []
+    resolved = []
+    for r in conn.execute(
+        select(findings).where(findings.c.run_id == previous, findings.c.exempt.is_(False))
+    ):
+        if (r.rule_id, r.resource_id) not in open_now:
+            f = dict(r._mapping)
+            f["monthly_saving"] = money(Decimal(str(f["monthly_saving"])))
+            resolved.append(f)
+    return resolved
 
 
 def _fleet(conn: Connection, run: dict[str, Any], vms: dict[str, dict]) -> list[dict[str, Any]]:

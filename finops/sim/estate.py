@@ -8,11 +8,16 @@ nothing). Hourly metrics and daily costs are computed on demand from a hash of
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from finops.catalog import gpu_size
 
@@ -69,7 +74,7 @@ LOW_CPU = Profile(0.5, 3.0)
 MID_CPU = Profile(15.0, 45.0, max_extra=10.0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SimVM:
     index: int
     subscription_id: str
@@ -83,6 +88,8 @@ class SimVM:
     cpu: Profile = LOW_CPU
     gpu: Profile | None = None  # None: no GPU telemetry reaches Azure Monitor
     schedule: str | None = None  # Enabled | Disabled | None (no schedule)
+    schedule_time: str = "1900"
+    schedule_time_zone: str = "UTC"
     tags: dict[str, str] = field(default_factory=dict)
     priority: str = "Regular"
     os_type: str = "Linux"
@@ -125,7 +132,16 @@ class Subscription:
 
 
 class Estate:
-    def __init__(self, seed: int = 7, vms: int = 60, now: datetime | None = None):
+    """The estate; its VMs change when actions are applied, and with a `state_file` those
+    changes persist from one process to the next (the demo's plan, apply, next night)."""
+
+    def __init__(
+        self,
+        seed: int = 7,
+        vms: int = 60,
+        now: datetime | None = None,
+        state_file: Path | None = None,
+    ):
         self.seed = seed
         self.now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
         rng = random.Random(seed)
@@ -139,6 +155,14 @@ class Estate:
         self._fillers(rng, vms - len(self.vms))
         self.by_id = {vm.id.lower(): vm for vm in self.vms}
         self.quota_limits = self._quota_limits()
+        self.group_tags: dict[tuple[str, str], dict[str, str]] = {
+            (self.subscriptions[0].subscription_id, "ml-training"): {"owner": "dana"},
+        }
+        self.lock = threading.RLock()
+        self.state_file = state_file
+        self.changes: dict[str, dict[str, Any]] = {}
+        if state_file and state_file.is_file():
+            self._restore(json.loads(state_file.read_text(encoding="utf-8")))
 
     # -- building ------------------------------------------------------------------------
     def _add(self, sub: int, rg: str, name: str, location: str, size: str, state: str, **kw):
@@ -446,6 +470,53 @@ class Estate:
         if story in limits:
             limits[story] = 800
         return limits
+
+    # -- changes (what applied actions do) ------------------------------------------------
+    def change(self, vm: SimVM, **fields: Any) -> None:
+        """Change a VM (power state, tags, schedule) and persist it when there is a state file."""
+        with self.lock:
+            if fields.get("power_state") == "deallocated" and vm.power_state != "deallocated":
+                fields["deallocated_at"] = self.now.isoformat()
+            self._set(vm, fields)
+            self.changes.setdefault(vm.id.lower(), {}).update(fields)
+            self._save()
+
+    def change_group_tags(self, subscription_id: str, group: str, tags: dict[str, str]) -> None:
+        with self.lock:
+            self.group_tags[(subscription_id, group.lower())] = dict(tags)
+            self._save()
+
+    def _set(self, vm: SimVM, fields: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            if key == "deallocated_at":
+                gone = (self.now - datetime.fromisoformat(value)) / timedelta(hours=1)
+                vm.off_since_h = max(0, int(gone))
+            elif key == "power_state" and value == "running" and vm.power_state != "running":
+                vm.power_state, vm.off_since_h = value, 0
+            else:
+                setattr(vm, key, value)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for rid, fields in state.get("vms", {}).items():
+            if rid in self.by_id:
+                self._set(self.by_id[rid], fields)
+                self.changes[rid] = fields
+        for key, tags in state.get("group_tags", {}).items():
+            sub, group = key.split("/", 1)
+            self.group_tags[(sub, group)] = tags
+
+    def _save(self) -> None:
+        if not self.state_file:
+            return
+        state = {
+            "seed": self.seed,
+            "vms": self.changes,
+            "group_tags": {f"{s}/{g}": t for (s, g), t in self.group_tags.items()},
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.state_file)
 
     # -- queries -------------------------------------------------------------------------
     def vms_in(self, subscription_id: str) -> list[SimVM]:

@@ -12,8 +12,11 @@ import re
 import ssl
 import tempfile
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +41,19 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Fault:
+    """Answer `status` (or wait `delay` seconds first) to requests of `route` whose path
+    contains `match`, `count` times (None: every time)."""
+
+    route: str
+    status: int | None = None
+    match: str = ""
+    count: int | None = 1
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Route:
@@ -68,6 +84,7 @@ class SimServer:
         self.page_size = page_size
         self.cost_page_size = cost_page_size
         self.requests: Counter[str] = Counter()
+        self.faults: list[Fault] = []
         self._lock = threading.Lock()
         self._dir = tempfile.TemporaryDirectory(prefix="finops-sim-")
         ca = trustme.CA()
@@ -106,6 +123,22 @@ class SimServer:
         with self._lock:
             self.requests[route] += 1
 
+    def inject(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def _fault_for(self, route: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.route == route and fault.match.lower() in path.lower():
+                    if fault.count is not None:
+                        fault.count -= 1
+                        if fault.count <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
     def dispatch(self, method: str, raw_path: str, body: bytes) -> tuple[str, Reply]:
         parts = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -121,6 +154,12 @@ class SimServer:
                     f"The api-version '{version}' is invalid. The supported versions are "
                     f"'{', '.join(sorted(route.versions))}'.",
                 )
+            fault = self._fault_for(route.name, parts.path)
+            if fault and fault.delay:
+                time.sleep(fault.delay)
+            if fault and fault.status:
+                reply = _error(fault.status, "InjectedFault", f"simulated {fault.status}")
+                return route.name, (reply[0], reply[1], dict(fault.headers))
             try:
                 payload = json.loads(body) if body else None
                 request = Request(self, parts.path, query, payload)
@@ -175,6 +214,9 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
 
         def do_PATCH(self) -> None:
             self._serve("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
 
     return Handler
 
@@ -314,10 +356,9 @@ def list_usages(req: Request, subscription_id: str, location: str) -> Reply:
     return 200, req.page(items, 100), {}
 
 
-def list_schedules(req: Request, subscription_id: str) -> Reply:
-    sub = _subscription(req, subscription_id)
+def _schedule_items(vms) -> list[dict[str, Any]]:
     items = []
-    for vm in req.sim.estate.vms_in(sub.subscription_id):
+    for vm in vms:
         if vm.schedule is None:
             continue
         items.append(
@@ -332,8 +373,8 @@ def list_schedules(req: Request, subscription_id: str) -> Reply:
                 "properties": {
                     "status": vm.schedule,
                     "taskType": "ComputeVmShutdownTask",
-                    "dailyRecurrence": {"time": "1900"},
-                    "timeZoneId": "UTC",
+                    "dailyRecurrence": {"time": vm.schedule_time},
+                    "timeZoneId": vm.schedule_time_zone,
                     "notificationSettings": {"status": "Disabled", "timeInMinutes": 30},
                     "createdDate": "2026-01-05T09:00:00+00:00",
                     "targetResourceId": vm.id,
@@ -341,6 +382,12 @@ def list_schedules(req: Request, subscription_id: str) -> Reply:
                 },
             }
         )
+    return items
+
+
+def list_schedules(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    items = _schedule_items(req.sim.estate.vms_in(sub.subscription_id))
     return 200, req.page(items, req.sim.page_size), {}
 
 
@@ -477,39 +524,193 @@ def _cost_row(cost, number: int, rid: str, category: str, groups: list[str]) -> 
     return [float(cost), number, *(values[g] for g in groups), "USD"]
 
 
+def _vm(req: Request, subscription_id: str, group: str, name: str):
+    vm = req.sim.estate.by_id.get(
+        f"/subscriptions/{subscription_id}/resourcegroups/{group}"
+        f"/providers/microsoft.compute/virtualmachines/{name}".lower()
+    )
+    if vm is None:
+        raise ApiError(
+            404,
+            "ResourceNotFound",
+            f"The Resource 'Microsoft.Compute/virtualMachines/{name}' under resource group "
+            f"'{group}' was not found.",
+        )
+    return vm
+
+
+def get_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    item = next(i for i in list_vms(req, subscription_id)[1]["value"] if i["id"] == vm.id)
+    return 200, item, {}
+
+
+def vm_instance_view(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    return 200, {"computerName": vm.name, "statuses": _power_status(vm.power_state)}, {}
+
+
+def deallocate_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    req.sim.estate.change(vm, power_state="deallocated")
+    operation = (
+        f"{req.sim.url}/subscriptions/{vm.subscription_id}/providers/Microsoft.Compute"
+        f"/locations/{vm.location}/operations/{uuid.uuid4()}"
+    )
+    version = req.query["api-version"]
+    return (
+        202,
+        None,
+        {
+            "Azure-AsyncOperation": f"{operation}?api-version={version}",
+            "Location": f"{operation}?monitor=true&api-version={version}",
+            "Retry-After": "1",
+        },
+    )
+
+
+def compute_operation(req: Request, subscription_id: str, location: str, op: str) -> Reply:
+    if req.query.get("monitor") == "true":
+        return 200, None, {}
+    now = _iso(datetime.now(UTC))
+    return 200, {"name": op, "status": "Succeeded", "startTime": now, "endTime": now}, {}
+
+
+def get_group(req: Request, subscription_id: str, group: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    vms = [
+        v for v in estate.vms_in(sub.subscription_id) if v.resource_group.lower() == group.lower()
+    ]
+    if not vms:
+        raise ApiError(
+            404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found."
+        )
+    item = {
+        "id": f"/subscriptions/{sub.subscription_id}/resourceGroups/{vms[0].resource_group}",
+        "name": vms[0].resource_group,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": vms[0].location,
+        "properties": {"provisioningState": "Succeeded"},
+    }
+    tags = estate.group_tags.get((sub.subscription_id, group.lower()))
+    if tags:
+        item["tags"] = dict(tags)
+    return 200, item, {}
+
+
+def patch_tags(req: Request, scope: str) -> Reply:
+    estate = req.sim.estate
+    body = req.body or {}
+    operation = body.get("operation")
+    tags = (body.get("properties") or {}).get("tags")
+    if operation not in ("Merge", "Replace", "Delete") or not isinstance(tags, dict):
+        raise ApiError(400, "InvalidRequestContent", "operation and properties.tags are required.")
+    parts = scope.strip("/").split("/")
+    vm = estate.by_id.get("/" + scope.strip("/").lower())
+    if vm is not None:
+        current = dict(vm.tags)
+    elif len(parts) == 4 and parts[2].lower() == "resourcegroups":
+        get_group(req, parts[1], parts[3])  # 404 when missing
+        current = dict(estate.group_tags.get((parts[1], parts[3].lower()), {}))
+    else:
+        raise ApiError(404, "ResourceNotFound", f"The resource '{scope}' was not found.")
+    if operation == "Merge":
+        current.update(tags)
+    elif operation == "Replace":
+        current = dict(tags)
+    else:
+        current = {k: v for k, v in current.items() if k not in tags}
+    if vm is not None:
+        estate.change(vm, tags=current)
+    else:
+        estate.change_group_tags(parts[1], parts[3], current)
+    return (
+        200,
+        {
+            "id": f"/{scope.strip('/')}/providers/Microsoft.Resources/tags/default",
+            "name": "default",
+            "type": "Microsoft.Resources/tags",
+            "properties": {"tags": current},
+        },
+        {},
+    )
+
+
+def _schedule_item(vm) -> dict[str, Any]:
+    return next(i for i in _schedule_items([vm]) if i["properties"]["targetResourceId"] == vm.id)
+
+
+def _schedule_target(req: Request, subscription_id: str, group: str, name: str):
+    if not name.lower().startswith("shutdown-computevm-"):
+        raise ApiError(400, "BadRequest", "Only shutdown-computevm-<vm> schedules are simulated.")
+    return _vm(req, subscription_id, group, name[len("shutdown-computevm-") :])
+
+
+def get_schedule(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _schedule_target(req, subscription_id, group, name)
+    if vm.schedule is None:
+        raise ApiError(404, "ResourceNotFound", f"The schedule '{name}' was not found.")
+    return 200, _schedule_item(vm), {}
+
+
+def put_schedule(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _schedule_target(req, subscription_id, group, name)
+    props = (req.body or {}).get("properties") or {}
+    if props.get("taskType") != "ComputeVmShutdownTask":
+        raise ApiError(400, "BadRequest", "taskType must be ComputeVmShutdownTask.")
+    if (props.get("targetResourceId") or "").lower() != vm.id.lower():
+        raise ApiError(400, "BadRequest", "targetResourceId must be the VM of the schedule.")
+    daily = (props.get("dailyRecurrence") or {}).get("time", "")
+    if not re.fullmatch(r"([01]\d|2[0-3])[0-5]\d", daily):
+        raise ApiError(400, "BadRequest", "dailyRecurrence.time must be HHmm.")
+    existed = vm.schedule is not None
+    req.sim.estate.change(
+        vm,
+        schedule=props.get("status", "Enabled"),
+        schedule_time=daily,
+        schedule_time_zone=props.get("timeZoneId", "UTC"),
+    )
+    return (200 if existed else 201), _schedule_item(vm), {}
+
+
 def _routes() -> list[Route]:
     sub = r"/subscriptions/([^/]+)"
-    table: list[tuple[str, str, str, set[str], Callable[..., Reply]]] = [
-        ("subscriptions", "GET", r"/subscriptions", {"2022-12-01"}, list_subscriptions),
+    group = sub + r"/resourceGroups/([^/]+)"
+    compute = sub + r"/providers/Microsoft\.Compute"
+    vm = group + r"/providers/Microsoft\.Compute/virtualMachines/([^/]+)"
+    schedule = group + r"/providers/Microsoft\.DevTestLab/schedules/([^/]+)"
+    arm, compute_api, labs, cost_api = "2025-04-01", "2026-04-01", "2018-09-15", "2025-03-01"
+    table: list[tuple[str, str, str, str, Callable[..., Reply]]] = [
+        ("subscriptions", "GET", r"/subscriptions", "2022-12-01", list_subscriptions),
+        ("vms", "GET", compute + "/virtualMachines", compute_api, list_vms),
+        ("skus", "GET", compute + "/skus", "2021-07-01", list_skus),
+        ("usages", "GET", compute + "/locations/([^/]+)/usages", compute_api, list_usages),
         (
-            "vms",
+            "operation",
             "GET",
-            sub + r"/providers/Microsoft\.Compute/virtualMachines",
-            {"2026-04-01"},
-            list_vms,
-        ),
-        ("skus", "GET", sub + r"/providers/Microsoft\.Compute/skus", {"2021-07-01"}, list_skus),
-        (
-            "usages",
-            "GET",
-            sub + r"/providers/Microsoft\.Compute/locations/([^/]+)/usages",
-            {"2026-04-01"},
-            list_usages,
+            compute + "/locations/([^/]+)/operations/([^/]+)",
+            compute_api,
+            compute_operation,
         ),
         (
             "schedules",
             "GET",
             sub + r"/providers/Microsoft\.DevTestLab/schedules",
-            {"2018-09-15"},
+            labs,
             list_schedules,
         ),
-        ("metrics", "POST", sub + r"/metrics:getBatch", {"2024-02-01"}, metrics_batch),
-        (
-            "costs",
-            "POST",
-            r"/(.+)/providers/Microsoft\.CostManagement/query",
-            {"2025-03-01"},
-            cost_query,
-        ),
+        ("metrics", "POST", sub + r"/metrics:getBatch", "2024-02-01", metrics_batch),
+        ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query", cost_api, cost_query),
+        ("vm", "GET", vm, compute_api, get_vm),
+        ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),
+        ("deallocate", "POST", vm + "/deallocate", compute_api, deallocate_vm),
+        ("group", "GET", group, arm, get_group),
+        ("tags", "PATCH", r"/(.+)/providers/Microsoft\.Resources/tags/default", arm, patch_tags),
+        ("schedule", "GET", schedule, labs, get_schedule),
+        ("schedule-put", "PUT", schedule, labs, put_schedule),
     ]
-    return [Route(*row) for row in table]
+    return [
+        Route(name, method, pattern, {version}, handler)
+        for name, method, pattern, version, handler in table
+    ]

@@ -53,6 +53,7 @@ runs = Table(
     Column("cost_end", Date),
     Column("counts", JSON, nullable=False, default=dict),
     Column("error", Text),
+    Column("simulation", JSON),  # seed and size of a simulated estate
 )
 
 subscriptions = Table(
@@ -153,5 +154,35 @@ findings = Table(
     Column("first_seen", DateTime, nullable=False),
 )
 
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("source_run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("actions", Integer, nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plan_id", String(32), ForeignKey("plans.id"), nullable=False),
+    Column("action_index", Integer, nullable=False),
+    Column("resource_id", String(512), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("outcome", String(16), nullable=False),  # started | succeeded | noop | skipped | failed
+    Column("reason", Text),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("error", Text),
+)
+
+Index("ix_audit_plan", audit.c.plan_id, audit.c.action_index)
 Index("ix_costs_daily_date", costs_daily.c.usage_date)
 Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)

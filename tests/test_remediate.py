@@ -1,0 +1,312 @@
+"""Plan and apply through the real SDK against a simulated estate of each test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from finops.azure.clients import AzureClients, StaticTokenCredential
+from finops.config import Settings
+from finops.pipeline import run_night
+from finops.remediate.apply import Applier, read_plan, verify
+from finops.remediate.plan import PlanError, checksum, make_plan, save_plan
+from finops.sim.estate import IDLE, NO_SHUTDOWN, STOPPED, Estate
+from finops.sim.server import Fault, SimServer
+from finops.store import schema
+from finops.store.db import engine_for
+from tests.conftest import sim_settings
+from tests.test_cli import FINOPS, finops
+
+MUTATING = ("deallocate", "tags", "schedule-put")
+
+
+@dataclass
+class World:
+    estate: Estate
+    sim: SimServer
+    settings: Settings
+    engine: Engine
+    clients: AzureClients
+
+    def night(self):
+        return run_night(self.engine, self.clients, self.settings, "azure")
+
+    def plan(self, **filters) -> tuple[dict, Path]:
+        with self.engine.begin() as conn:
+            plan = make_plan(conn, self.settings, **filters)
+            return plan, save_plan(conn, self.settings, plan)
+
+    def apply(self, plan: dict):
+        return Applier(self.engine, self.clients, self.settings, "tester").apply(plan)
+
+    def vm(self, name: str):
+        return next(v for v in self.estate.vms if v.name == name)
+
+    def findings(self, run_id: int) -> set[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(schema.findings.c.rule_id, schema.findings.c.resource_id).where(
+                    schema.findings.c.run_id == run_id, schema.findings.c.exempt.is_(False)
+                )
+            )
+            return {(r, rid.rsplit("/", 1)[1]) for r, rid in rows}
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    estate = Estate(seed=7, vms=60)
+    with SimServer(estate, page_size=50, cost_page_size=1000) as sim:
+        settings = sim_settings(
+            sim, db_url=f"sqlite:///{tmp_path / 'finops.db'}", reports_dir=tmp_path / "reports"
+        )
+        clients = AzureClients(StaticTokenCredential(), settings.azure)
+        yield World(estate, sim, settings, engine_for(settings.db_url), clients)
+
+
+def expected_pairs(estate: Estate) -> set[tuple[str, str]]:
+    return {
+        (rule, estate.by_id[rid].name)
+        for rule in (IDLE, NO_SHUTDOWN, STOPPED)
+        for rid in estate.expected(rule)
+    }
+
+
+def test_plan_records_every_action_and_changes_nothing(world):
+    world.night()
+    plan, path = world.plan()
+    assert json.loads(path.read_text()) == plan and plan["checksum"] == checksum(plan)
+    assert path.parent == world.settings.reports_dir / "plans"
+    assert plan["target"] == {"kind": "azure"}
+    kinds = {(a["kind"], a["resource_id"].rsplit("/", 1)[1]) for a in plan["actions"]}
+    wanted = {
+        ("deallocate" if rule in (IDLE, STOPPED) else "create-auto-shutdown", name)
+        for rule, name in expected_pairs(world.estate)
+    }
+    assert kinds == wanted
+    for action in plan["actions"]:
+        assert action["finding"]["rule_id"] in (IDLE, NO_SHUTDOWN, STOPPED)
+        assert Decimal(action["monthly_saving"]) > 0 and action["currency"] == "USD"
+        assert action["expected"]
+    assert not any(world.sim.requests[r] for r in MUTATING)
+    with world.engine.connect() as conn:
+        stored = conn.execute(select(schema.plans)).one()
+    assert (stored.id, stored.checksum, stored.actions) == (
+        plan["plan_id"],
+        plan["checksum"],
+        len(plan["actions"]),
+    )
+
+
+def test_plan_filters(world):
+    world.night()
+    only_stopped, _ = world.plan(rule_ids=[STOPPED])
+    assert {a["kind"] for a in only_stopped["actions"]} == {"deallocate"}
+    assert len(only_stopped["actions"]) == len(world.estate.expected(STOPPED))
+    sub = world.estate.subscriptions[2].subscription_id
+    in_sub, _ = world.plan(subscriptions=[sub])
+    assert in_sub["actions"] and all(sub in a["resource_id"] for a in in_sub["actions"])
+    big, _ = world.plan(min_saving=Decimal("10000"))
+    assert big["actions"] and all(Decimal(a["monthly_saving"]) >= 10000 for a in big["actions"])
+
+
+def test_apply_fixes_the_findings_and_the_next_night_shows_them_gone(world):
+    first = world.night()
+    assert world.findings(first.run_id) == expected_pairs(world.estate)
+    plan, _ = world.plan()
+    outcomes = world.apply(plan)
+    assert {o.outcome for o in outcomes} == {"succeeded"}
+    idle = world.vm("train-nd-a100-1")
+    assert idle.power_state == "deallocated" and idle.schedule == "Enabled"
+    # tags are merged, never replaced
+    assert idle.tags["owner"] == "dana" and idle.tags["workload"] == "training"
+    assert idle.tags["finops-finding"] == IDLE and idle.tags["finops-plan"] == plan["plan_id"]
+    assert world.vm("viz-nv-a10-stopped").power_state == "deallocated"
+    assert world.vm("nb-nc-t4-busy").power_state == "running"  # busy: scheduled, not stopped
+    second = world.night()
+    assert world.findings(second.run_id) == set()
+    html = second.report.read_text()
+    assert "Resolved since the previous night: 23 finding(s), USD 240,248.52 a month." in html
+    with world.engine.connect() as conn:
+        audit = conn.execute(select(schema.audit).order_by(schema.audit.c.id)).all()
+    assert len(audit) == len(plan["actions"])
+    row = next(r for r in audit if r.kind == "deallocate" and "train-nd-a100-1" in r.resource_id)
+    assert row.actor == "tester" and row.outcome == "succeeded"
+    assert row.before["power_state"] == "running" and row.after["power_state"] == "deallocated"
+    assert row.finished_at >= row.started_at
+
+
+def test_state_changed_or_exempt_since_the_plan_is_skipped(world):
+    world.night()
+    plan, _ = world.plan()
+    started = world.vm("viz-nv-a10-stopped")
+    world.estate.change(started, power_state="running")  # someone started it
+    exempted = world.vm("dev-nc-a100-idle")
+    world.estate.change(exempted, tags={**exempted.tags, "finops-exempt": "true"})
+    world.estate.change_group_tags(
+        world.vm("nb-nc-t4-busy").subscription_id, "notebooks", {"finops-exempt": "True"}
+    )
+    outcomes = {o.resource_id.rsplit("/", 1)[1]: o for o in world.apply(plan)}
+    assert outcomes["viz-nv-a10-stopped"].outcome == "skipped"
+    assert outcomes["viz-nv-a10-stopped"].reason == (
+        "power state changed since the plan: expected stopped, found running"
+    )
+    assert outcomes["dev-nc-a100-idle"].reason == "exempt tag finops-exempt=true on the VM"
+    assert outcomes["nb-nc-t4-busy"].reason == "exempt tag finops-exempt=True on the resource group"
+    assert started.power_state == "running" and exempted.power_state == "running"
+    assert outcomes["nb-nc-a100-schedoff"].outcome == "skipped"  # same resource group
+    assert world.vm("train-nd-a100-1").power_state == "deallocated"  # the others went ahead
+
+
+def test_a_failing_action_is_audited_the_rest_go_on_and_a_retry_finishes(world):
+    world.night()
+    plan, _ = world.plan()
+    world.sim.inject(Fault("deallocate", status=409, match="train-nd-a100-3", count=None))
+    outcomes = world.apply(plan)
+    failed = [o for o in outcomes if o.outcome == "failed"]
+    assert [(o.kind, o.resource_id.rsplit("/", 1)[1]) for o in failed] == [
+        ("deallocate", "train-nd-a100-3")
+    ]
+    same_vm = [o for o in outcomes if o.resource_id.endswith("train-nd-a100-3")]
+    assert [o.outcome for o in same_vm] == ["failed", "skipped"]
+    assert sum(o.outcome == "succeeded" for o in outcomes) == len(outcomes) - 2
+    with world.engine.connect() as conn:
+        error = conn.execute(
+            select(schema.audit.c.error).where(schema.audit.c.outcome == "failed")
+        ).scalar_one()
+    assert "409" in error or "InjectedFault" in error
+    world.sim.faults.clear()
+    posts = world.sim.requests["deallocate"]
+    again = world.apply(plan)
+    assert {o.resource_id.rsplit("/", 1)[1] for o in again if o.outcome == "succeeded"} == {
+        "train-nd-a100-3"
+    }
+    assert all(
+        o.reason == "done by an earlier apply of this plan" for o in again if o.outcome == "noop"
+    )
+    assert world.sim.requests["deallocate"] - posts == 1  # nothing done twice
+
+
+def test_tampered_stale_foreign_and_oversized_plans_are_refused(world, tmp_path):
+    world.night()
+    _, path = world.plan()
+    tampered = json.loads(path.read_text())
+    tampered["actions"][0]["resource_id"] = tampered["actions"][1]["resource_id"]
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(tampered))
+    with pytest.raises(PlanError, match="altered after it was made"):
+        read_plan(bad)
+    tampered["checksum"] = checksum(tampered)  # a forger recomputes the checksum
+    bad.write_text(json.dumps(tampered))
+    with pytest.raises(PlanError, match="differs from the one recorded in the store"):
+        verify(world.engine, read_plan(bad), world.settings, 25)
+    with pytest.raises(PlanError, match="more than the cap of 5"):
+        verify(world.engine, read_plan(path), world.settings, 5)
+    verify(world.engine, read_plan(path), world.settings, 25)
+    stale = world.settings.model_copy(
+        update={
+            "remediation": world.settings.remediation.model_copy(
+                update={"max_plan_age_hours": 0.0002}
+            )
+        }
+    )
+    time.sleep(1.0)
+    with pytest.raises(PlanError, match=r"older than the 0\.0002 h limit"):
+        verify(world.engine, read_plan(path), stale, 25)
+    assert not any(world.sim.requests[r] for r in MUTATING)
+
+
+def test_killed_apply_is_finished_by_a_reapply_without_repeating(world, tmp_path):
+    world.night()
+    _, path = world.plan(rule_ids=[IDLE])
+    env = {
+        "FINOPS_AZURE__ARM_ENDPOINT": world.sim.url,
+        "FINOPS_AZURE__METRICS_ENDPOINT": world.sim.url,
+        "FINOPS_AZURE__CA_FILE": world.sim.ca_file,
+        "FINOPS_AZURE__CREDENTIAL": "simulated",
+        "FINOPS_DB_URL": world.settings.db_url,
+        "FINOPS_REMEDIATION__CONCURRENCY": "1",
+    }
+    world.sim.inject(Fault("deallocate", delay=8.0, match="train-nd-a100-5"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+    proc = subprocess.Popen(
+        [FINOPS, "apply", str(path), "--yes"],
+        cwd=tmp_path,
+        env={**clean, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = tmp_path / "finops.db"
+    deadline = time.time() + 60
+    done_before: set[str] = set()
+    while time.time() < deadline:
+        with sqlite3.connect(db) as conn:
+            done_before = {
+                r[0]
+                for r in conn.execute("select resource_id from audit where outcome='succeeded'")
+            }
+            hanging = conn.execute(
+                "select count(*) from audit where outcome='started' and resource_id like '%a100-5'"
+            ).fetchone()[0]
+        if hanging:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert hanging and done_before, "apply never reached the slow action"
+    posts = world.sim.requests["deallocate"]
+    result = finops("apply", str(path), "--yes", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    noops = {line.split()[3].rstrip(":") for line in lines if " noop " in line}
+    assert noops == {rid.rsplit("/", 1)[1] for rid in done_before}
+    assert all(v.power_state == "deallocated" for v in world.estate.vms if IDLE in v.expect)
+    # the killed run's in-flight call may land late; nothing finished before was repeated
+    assert world.sim.requests["deallocate"] - posts <= len(world.estate.expected(IDLE)) - len(
+        done_before
+    )
+
+
+def test_apply_command_refuses_without_yes_when_not_interactive(world, tmp_path):
+    world.night()
+    _, path = world.plan()
+    env = {"FINOPS_DB_URL": world.settings.db_url}
+    result = finops("apply", str(path), cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "finops: refusing to apply without --yes in a non-interactive run"
+    )
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    result = finops("apply", str(garbage), "--yes", cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"finops: plan file {garbage} is not valid JSON")
+    assert not any(world.sim.requests[r] for r in MUTATING)
+
+
+def test_demo_plan_apply_then_next_night(tmp_path):
+    assert finops("demo", cwd=tmp_path).returncode == 0
+    planned = finops("plan", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert "Nothing was changed in Azure." in planned.stdout
+    plan_path = planned.stdout.strip().splitlines()[-1]
+    applied = finops("apply", plan_path, "--yes", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip().splitlines()[-1] == "23 succeeded, 0 noop, 0 skipped, 0 failed"
+    night = finops("demo", cwd=tmp_path)
+    html = Path(night.stdout.strip().splitlines()[-1]).read_text()
+    assert "No savings found tonight" in html and 'data-rule="' not in html
+    assert "Resolved since the previous night: 23 finding(s), USD 240,248.52 a month." in html
+    audit = finops("audit", cwd=tmp_path)
+    assert audit.returncode == 0
+    assert sum(" succeeded " in line for line in audit.stdout.splitlines()) == 23
+    assert "upn:finops-demo@simulated.invalid" in audit.stdout
