@@ -26,4 +26,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) finops.db reports/*.html
+	rm -rf $(VENV) finops.db reports/*.html reports/plans .finops-sim

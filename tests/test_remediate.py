@@ -310,3 +310,46 @@ def test_demo_plan_apply_then_next_night(tmp_path):
     assert audit.returncode == 0
     assert sum(" succeeded " in line for line in audit.stdout.splitlines()) == 23
     assert "upn:finops-demo@simulated.invalid" in audit.stdout
+
+
+def test_merge_tags_action_adds_tags_and_keeps_the_others(world):
+    first = world.night()
+    vm = world.vm("serve-nd-h100-busy")
+    with world.engine.begin() as conn:  # a finding that proposes tags (as tag rules will)
+        conn.execute(
+            schema.findings.insert().values(
+                run_id=first.run_id,
+                rule_id="idle-gpu-vm",
+                resource_id=vm.id.lower(),
+                severity="low",
+                title="tags",
+                evidence={"tags_to_merge": {"team": "serving", "owner": "lee"}},
+                monthly_saving=Decimal(0),
+                currency="USD",
+                saving_basis="none",
+                proposed_action="merge-tags",
+                exempt=False,
+                first_seen=first_seen(world, first.run_id),
+            )
+        )
+    plan, _ = world.plan(subscriptions=[vm.subscription_id], rule_ids=[IDLE])
+    tag_actions = [a for a in plan["actions"] if a["kind"] == "merge-tags"]
+    assert [a["resource_id"] for a in tag_actions] == [vm.id.lower()]
+    outcomes = {o.kind: o for o in world.apply(plan) if o.resource_id == vm.id.lower()}
+    assert outcomes["merge-tags"].outcome == "succeeded"
+    assert vm.tags == {
+        "owner": "lee",
+        "cost-center": "cc-7200",
+        "environment": "prod",
+        "team": "serving",
+    }
+    assert vm.power_state == "running"
+    again = world.apply(plan)
+    assert {o.outcome for o in again} == {"noop"}
+
+
+def first_seen(world: World, run_id: int):
+    with world.engine.connect() as conn:
+        return conn.execute(
+            select(schema.runs.c.started_at).where(schema.runs.c.id == run_id)
+        ).scalar_one()
