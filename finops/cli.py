@@ -54,6 +54,7 @@ def guarded(command: Callable) -> Callable:
     from azure.core.exceptions import AzureError, HttpResponseError
 
     from finops.remediate.plan import PlanError
+    from finops.report.mail import MailError
     from finops.rules import UnknownRuleError
 
     @wraps(command)
@@ -70,7 +71,7 @@ def guarded(command: Callable) -> Callable:
             ) from None
         except AzureError as e:
             raise _fail(f"Azure call failed: {str(e).splitlines()[0]}", EXIT_FAILED) from None
-        except (StoreError, LookupError, ValueError) as e:
+        except (StoreError, LookupError, ValueError, MailError) as e:
             raise _fail(str(e).splitlines()[0], EXIT_FAILED) from None
         except SQLAlchemyError as e:
             detail = str(getattr(e, "orig", None) or e).splitlines()[0]
@@ -218,13 +219,22 @@ def analyze(
 
 @app.command()
 @guarded
-def report(config: ConfigOption = None) -> None:
-    """Write the HTML report of the newest analysed night; prints its path."""
-    from finops.report import write_report
+def report(
+    config: ConfigOption = None,
+    send: Annotated[bool, typer.Option("--send", help="Also mail it (mail settings).")] = False,
+) -> None:
+    """Write the HTML report of the newest analysed night (and mail it); prints its path."""
+    from finops.pipeline import mail_report
+    from finops.report import produce
 
     settings = load_settings(config)
+    if send and not settings.mail.enabled:
+        raise UsageError("--send needs mail settings: set FINOPS_MAIL__SMTP_HOST and recipients")
     engine = _upgraded_store(settings)
-    typer.echo(write_report(engine, settings, _latest_run(engine, ("succeeded",))))
+    made = produce(engine, settings, _latest_run(engine, ("succeeded",)))
+    if send:
+        mail_report(made, settings)
+    typer.echo(made.path)
 
 
 @app.command()

@@ -12,7 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,6 +106,47 @@ class RemediationSettings(BaseModel):
         return value
 
 
+class MailSettings(BaseModel):
+    smtp_host: str | None = Field(None, description="SMTP server; unset: the report is not mailed")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 SSL)")
+    security: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", description="starttls, ssl (implicit TLS) or none (a plain internal relay)"
+    )
+    username: str | None = Field(None, description="SMTP login; unset: no login")
+    password: SecretStr | None = Field(None, description="SMTP password (never logged)")
+    sender: str = Field("finops@localhost", description="From address")
+    recipients: list[str] = Field([], description="To addresses")
+    timeout_seconds: int = Field(30, ge=1, description="SMTP connection timeout")
+    ca_file: Path | None = Field(None, description="CA bundle to trust for the SMTP server")
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+            raise ValueError("must be an e-mail address")
+        return value
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.fullmatch(r"[^@\s]+@[^@\s]+", v)]
+        if bad:
+            raise ValueError(f"not an e-mail address: {bad[0]!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> MailSettings:
+        if self.smtp_host and not self.recipients:
+            raise ValueError("smtp_host is set but there are no recipients")
+        if self.password is not None and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+
 class AzureSettings(BaseModel):
     arm_endpoint: str = Field("https://management.azure.com", description="Resource Manager URL")
     metrics_endpoint: str = Field(
@@ -137,12 +185,14 @@ class Settings(BaseSettings):
     reports_dir: Path = Field(Path("reports"), description="where reports are written")
     metrics_days: int = Field(7, ge=1, le=30, description="days of hourly metrics the rules read")
     cost_days: int = Field(30, ge=1, le=365, description="days of daily cost collected")
+    report_top_vms: int = Field(20, ge=1, le=200, description="VMs listed in the report")
     currency: str = Field(
         "USD", description="currency the report leads with (billed costs keep their own)"
     )
     exempt_tag: str = Field("finops-exempt=true", description="tag name=value that exempts")
     rules: RuleSettings = RuleSettings()
     remediation: RemediationSettings = RemediationSettings()
+    mail: MailSettings = MailSettings()
     azure: AzureSettings = AzureSettings()
 
     @field_validator("subscriptions")

@@ -21,7 +21,8 @@ from finops.azure import costs, inventory, metrics
 from finops.azure.clients import AzureClients
 from finops.collection import Collection
 from finops.config import Settings
-from finops.report import write_report
+from finops.report import Report, produce
+from finops.report.mail import MailError, send
 from finops.store import schema
 from finops.store.db import upgrade
 from finops.store.load import load_night, utc_naive
@@ -210,6 +211,20 @@ def run_night(
     except BaseException as e:
         fail_run(engine, run_id, e)
         raise
-    report = write_report(engine, settings, run_id) if with_rules else None
     log.info("run %s succeeded: %s finding(s)", run_id, len(findings))
-    return NightResult(run_id, len(findings), report)
+    if not with_rules:
+        return NightResult(run_id, len(findings), None)
+    report = produce(engine, settings, run_id)
+    if settings.mail.enabled:
+        mail_report(report, settings)
+    return NightResult(run_id, len(findings), report.path)
+
+
+def mail_report(report: Report, settings: Settings) -> None:
+    """Send the report; on failure say that nothing of the night was lost."""
+    with step("mail") as info:
+        try:
+            send(report, settings.mail)
+        except MailError as e:
+            raise MailError(f"{e} (the night is stored; the report is at {report.path})") from None
+        info["recipients"] = len(settings.mail.recipients)

@@ -304,7 +304,7 @@ def test_demo_plan_apply_then_next_night(tmp_path):
     assert applied.stdout.strip().splitlines()[-1] == "23 succeeded, 0 noop, 0 skipped, 0 failed"
     night = finops("demo", cwd=tmp_path)
     html = Path(night.stdout.strip().splitlines()[-1]).read_text()
-    assert "No savings found tonight" in html and 'data-rule="' not in html
+    assert "No savings found tonight" in html and 'data-rules="' not in html
     assert "Resolved since the previous night: 23 finding(s), USD 240,248.52 a month." in html
     audit = finops("audit", cwd=tmp_path)
     assert audit.returncode == 0

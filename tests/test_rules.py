@@ -257,8 +257,9 @@ def test_metrics_outside_the_window_are_ignored(sqlite_url):
 def test_headline_leads_with_the_configured_currency_and_counts_each_vm_once():
     from finops.report.build import headline
 
-    def finding(rule, vm, amount, currency="USD", sub="research"):
+    def finding(rule, vm, amount, currency="USD", sub="research", new=False):
         return {
+            "new": new,
             "rule_id": rule,
             "resource_id": vm,
             "monthly_saving": Decimal(amount),
@@ -267,15 +268,20 @@ def test_headline_leads_with_the_configured_currency_and_counts_each_vm_once():
         }
 
     findings = [
-        finding(IDLE, "a", "1000.00"),
+        finding(IDLE, "a", "1000.00", new=True),
         finding(NO_SHUTDOWN, "a", "643.00"),  # the same VM: counted once, at its largest
         finding(STOPPED, "b", "500.00", sub="prod"),
         finding(IDLE, "c", "90.00", currency="EUR"),
     ]
     titles = {IDLE: "Idle GPU VM"}
     line = headline(findings, titles, "USD")
-    assert line.startswith("USD 1,500.00 a month can be saved on 2 GPU VMs; most from Idle GPU")
+    assert line.startswith(
+        "USD 1,500.00 a month can be saved on 2 GPU VMs (USD 1,000.00 of it new tonight); "
+        "most from Idle GPU"
+    )
     assert "(USD 1,000.00)" in line and "67 % of it in subscription research" in line
     assert line.endswith("Also EUR 90.00 in other currencies.")
-    assert headline(findings, titles, "EUR").startswith("EUR 90.00 a month can be saved on 1 GPU")
+    assert headline(findings, titles, "EUR").startswith(
+        "EUR 90.00 a month can be saved on 1 GPU VMs (none of it new tonight)"
+    )
     assert headline([], titles, "USD").startswith("No savings found tonight")

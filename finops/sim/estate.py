@@ -36,6 +36,7 @@ CPU_SIZES = {
 REGIONS = ("eastus", "westeurope")
 SUBSCRIPTION_NAMES = ("ml-research", "ml-production", "platform-shared")
 STORAGE_DAILY_COST = Decimal("12.500000")
+LONG_AGO_H = 60 * 24  # "always on": started before any window the job reads
 
 
 def _mix(*parts: int) -> float:
@@ -170,7 +171,7 @@ class Estate:
         self.vms.append(SimVM(len(self.vms), sub_id, rg, name, location, size, state, **kw))
 
     def _scenarios(self) -> None:
-        month = 30 * 24
+        month = LONG_AGO_H
         team = {"owner": "dana", "cost-center": "cc-4100", "environment": "research"}
         # The story: eight A100 nodes left running after a training job crashed on Friday.
         for i in range(1, 9):
@@ -440,7 +441,7 @@ class Estate:
                     location,
                     rng.choice(gpu_sizes),
                     "running",
-                    on_since_h=30 * 24,
+                    on_since_h=LONG_AGO_H,
                     gpu=BUSY,
                     cpu=MID_CPU,
                     schedule="Enabled",
@@ -455,7 +456,7 @@ class Estate:
                 location,
                 rng.choice(tuple(CPU_SIZES)),
                 state,
-                on_since_h=30 * 24,
+                on_since_h=LONG_AGO_H,
                 off_since_h=0 if state == "running" else 5 * 24,
                 cpu=MID_CPU,
                 tags=tags,
