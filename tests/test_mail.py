@@ -236,3 +236,23 @@ def test_report_fits_600_px_in_chromium(tmp_path):
     assert 0 <= probe_result["headTop"] < 900 and probe_result["headHeight"] > 0
     assert probe_result["headWidth"] > 300
     assert len(probe_result["images"]) == 2 and all(w > 0 for w in probe_result["images"])
+
+
+def test_plain_internal_relay_without_login(tmp_path):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        env = {
+            "FINOPS_MAIL__SMTP_HOST": "127.0.0.1",
+            "FINOPS_MAIL__SMTP_PORT": str(controller.port),
+            "FINOPS_MAIL__SECURITY": "none",
+            "FINOPS_MAIL__RECIPIENTS": '["lead@example.test"]',
+        }
+        result = finops("demo", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+    finally:
+        controller.stop()
+    (envelope,) = inbox.envelopes
+    assert envelope.mail_from == "finops@localhost"
+    assert envelope.rcpt_tos == ["lead@example.test"]
