@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean function-package
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/finops demo
 
-test: $(STAMP)
+# Azurite, the Azure Storage emulator, for the tests of the Blob upload (npm registry).
+AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@3
+
+test: $(STAMP) $(AZURITE)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -27,3 +32,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) finops.db reports/*.html reports/plans .finops-sim
+
+# Azure Functions: the app folder with finops as a wheel beside it (see README).
+function-package: $(STAMP)
+	rm -rf jobs/azure_function/wheels
+	$(BIN)/pip wheel --quiet --no-deps . -w jobs/azure_function/wheels

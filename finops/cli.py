@@ -1,4 +1,5 @@
-"""The `finops` command. Exit codes: 0 ok, 1 the job failed, 2 bad usage or configuration."""
+"""The `finops` command. Exit codes: 0 ok, 1 the job failed, 2 bad usage or configuration,
+3 another night holds the lock on this store."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from finops.config import ConfigError, Settings, load_settings
 from finops.store.db import StoreError, engine_for, safe_url
+from finops.store.lock import LockHeld
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_LOCKED = 3
 
 app = typer.Typer(
     help="Nightly cost governance for AI infrastructure on Azure.",
@@ -63,6 +66,8 @@ def guarded(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except (ConfigError, UnknownRuleError, UsageError, PlanError) as e:
             raise _fail(str(e), EXIT_USAGE) from None
+        except LockHeld as e:
+            raise _fail(str(e), EXIT_LOCKED) from None
         except HttpResponseError as e:
             reason = getattr(e.error, "message", None) or e.reason or "error"
             where = e.response.request.url.split("?")[0] if e.response is not None else "Azure"
@@ -86,7 +91,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    for noisy in ("azure", "apscheduler", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.callback()
@@ -136,18 +142,16 @@ def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settin
 
 
 def _clients(settings: Settings):
-    from finops.azure.clients import AzureClients, StaticTokenCredential, default_credential
+    from finops.azure.clients import clients_for
 
-    simulated = settings.azure.credential == "simulated"
-    credential = StaticTokenCredential() if simulated else default_credential()
-    return AzureClients(credential, settings.azure)
+    return clients_for(settings.azure)
 
 
 def _night(settings: Settings, source: str, with_rules: bool = True, simulation=None):
-    from finops.pipeline import run_night
+    from finops.pipeline import nightly
 
-    engine, clients = _engine(settings), _clients(settings)
-    return run_night(engine, clients, settings, source, with_rules, simulation)
+    log.info("store %s", safe_url(settings.db_url))
+    return nightly(settings, source, with_rules, simulation)
 
 
 @app.command()
@@ -167,6 +171,21 @@ def demo(config: ConfigOption = None, seed: SeedOption = 7, vms: VmsOption = 60)
     with _simulated(settings, seed, vms) as (simulated, _):
         result = _night(simulated, "simulated", simulation={"seed": seed, "vms": vms})
     typer.echo(result.report)
+
+
+@app.command()
+@guarded
+def schedule(config: ConfigOption = None) -> None:
+    """Run the nightly job on the configured schedule until SIGTERM or SIGINT."""
+    from finops.scheduler import serve
+
+    settings = load_settings(config)
+
+    def night() -> str:
+        result = _night(settings, "azure")
+        return f"run {result.run_id}, {result.findings} finding(s), report {result.report}"
+
+    serve(settings, night)
 
 
 @app.command()
@@ -370,6 +389,82 @@ def audit(
         typer.echo("no actions audited" + (f" for plan {plan_id}" if plan_id else ""))
         return
     _table(("when (UTC)", "plan", "who", "action", "resource", "outcome", "detail"), rows)
+
+
+@app.command()
+@guarded
+def runs(
+    config: ConfigOption = None,
+    last: Annotated[int, typer.Option(min=1, help="How many nights to list.")] = 20,
+) -> None:
+    """List the nights: start, duration, status, rows per source, findings, saving, error."""
+    from decimal import Decimal
+
+    from finops.report.build import fmt_totals, savings_by_currency
+    from finops.store import schema
+
+    settings = load_settings(config)
+    engine = _upgraded_store(settings)
+    table, findings = schema.runs, schema.findings
+    with engine.connect() as conn:
+        nights = conn.execute(select(table).order_by(table.c.id.desc()).limit(last)).all()
+        rows = []
+        for r in nights:
+            active = [
+                {
+                    "resource_id": f.resource_id,
+                    "currency": f.currency,
+                    "monthly_saving": Decimal(str(f.monthly_saving)),
+                }
+                for f in conn.execute(
+                    select(findings).where(findings.c.run_id == r.id, findings.c.exempt.is_(False))
+                )
+            ]
+            took = (
+                f"{(r.finished_at - r.started_at).total_seconds():.0f}s" if r.finished_at else "-"
+            )
+            counts = r.counts or {}
+            sources = " ".join(
+                f"{k}={counts[k]}" for k in ("vms", "metrics", "costs") if k in counts
+            )
+            rows.append(
+                (
+                    str(r.id),
+                    r.started_at.strftime("%Y-%m-%d %H:%M"),
+                    took,
+                    r.status,
+                    r.source,
+                    sources or "-",
+                    str(len(active)),
+                    fmt_totals(savings_by_currency(active)) or "-",
+                    r.error or "",
+                )
+            )
+    if not rows:
+        typer.echo("no nights in the store yet")
+        return
+    _table(
+        (
+            "run",
+            "started (UTC)",
+            "took",
+            "status",
+            "source",
+            "rows",
+            "findings",
+            "saving/month",
+            "error",
+        ),
+        rows,
+    )
+
+
+@app.command("settings")
+def settings_reference() -> None:
+    """Print every setting with its variable and default, as the README's Markdown table."""
+    from finops.config import reference_markdown
+
+    typer.echo(reference_markdown(), nl=False)
 
 
 @db_app.command("upgrade")

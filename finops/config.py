@@ -6,6 +6,7 @@ FINOPS_RULES__IDLE_GPU_AVG_PERCENT=3 sets [rules] idle_gpu_avg_percent in the TO
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from decimal import Decimal
@@ -147,6 +148,39 @@ class MailSettings(BaseModel):
         return bool(self.smtp_host)
 
 
+class ScheduleSettings(BaseModel):
+    cron: str = Field(
+        "0 0 2 * * *",
+        description="when the night runs: six fields, second minute hour day month weekday "
+        "(the NCRONTAB form Azure Functions also reads)",
+    )
+    time_zone: str = Field("UTC", description="IANA time zone of the schedule")
+    misfire_grace_seconds: int = Field(
+        3600, ge=1, description="a night missed by less than this still runs"
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from finops.scheduler import trigger_fields
+
+        trigger_fields(value)
+        return value.strip()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name like Europe/Paris"
+            ) from None
+        return value
+
+
 class AzureSettings(BaseModel):
     arm_endpoint: str = Field("https://management.azure.com", description="Resource Manager URL")
     metrics_endpoint: str = Field(
@@ -193,6 +227,12 @@ class Settings(BaseSettings):
     rules: RuleSettings = RuleSettings()
     remediation: RemediationSettings = RemediationSettings()
     mail: MailSettings = MailSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    report_container_url: str | None = Field(
+        None,
+        description="Blob container URL the report is also uploaded to (needed on Azure "
+        "Functions, which keep no disk)",
+    )
     azure: AzureSettings = AzureSettings()
 
     @field_validator("subscriptions")
@@ -276,3 +316,25 @@ def _first_error(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"bad setting {where}: unknown setting"
     return f"bad setting {where} ({env}): {message}"
+
+
+def reference_markdown() -> str:
+    """Every setting as a Markdown table row: TOML name, variable, default, meaning."""
+
+    def rows(model: type[BaseModel], env: str, toml: str):
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from rows(kind, f"{env}{name.upper()}__", f"{toml}{name}.")
+                continue
+            default = field.default
+            if isinstance(default, list):
+                variable = f"`{env}{name.upper()}` (JSON list)"
+                shown = "`" + json.dumps(default) + "`"
+            else:
+                variable = f"`{env}{name.upper()}`"
+                shown = "none" if default is None else f"`{default}`"
+            yield f"| `{toml}{name}` | {variable} | {shown} | {field.description} |"
+
+    header = "| setting (TOML) | environment variable | default | meaning |\n|---|---|---|---|\n"
+    return header + "\n".join(rows(Settings, "FINOPS_", "")) + "\n"

@@ -26,6 +26,7 @@ from finops.report.mail import MailError, send
 from finops.store import schema
 from finops.store.db import upgrade
 from finops.store.load import load_night, utc_naive
+from finops.store.lock import night_lock
 
 log = logging.getLogger("finops")
 
@@ -111,6 +112,22 @@ def fail_run(engine: Engine, run_id: int, error: BaseException) -> None:
             .where(schema.runs.c.id == run_id)
             .values(status="failed", finished_at=utc_naive(datetime.now(UTC)), error=message)
         )
+
+
+def fail_interrupted_runs(engine: Engine) -> None:
+    """Runs still marked running while we hold the lock belong to a process that died."""
+    with engine.begin() as conn:
+        ended = conn.execute(
+            update(schema.runs)
+            .where(schema.runs.c.status == "running")
+            .values(
+                status="failed",
+                finished_at=utc_naive(datetime.now(UTC)),
+                error="interrupted: the process ended before the night was stored",
+            )
+        ).rowcount
+    if ended:
+        log.warning("marked %s interrupted run(s) failed", ended)
 
 
 def run_context(conn: Connection, run_id: int) -> rules.RunContext:
@@ -200,17 +217,20 @@ def run_night(
     with_rules: bool = True,
     simulation: dict | None = None,
 ) -> NightResult:
-    """Collect a night, store it and (by default) evaluate the rules and write the report."""
+    """Collect a night, store it and (by default) evaluate the rules and write the report.
+    Holds the night lock throughout: a second night against the same store raises LockHeld."""
     upgrade(engine)
-    now = datetime.now(UTC)
-    run_id = start_run(engine, source, now, simulation)
-    log.info("run %s started (source %s)", run_id, source)
-    try:
-        night = collect(clients, settings, now)
-        findings = store_night(engine, run_id, night, settings, with_rules)
-    except BaseException as e:
-        fail_run(engine, run_id, e)
-        raise
+    with night_lock(engine):
+        fail_interrupted_runs(engine)
+        now = datetime.now(UTC)
+        run_id = start_run(engine, source, now, simulation)
+        log.info("run %s started (source %s)", run_id, source)
+        try:
+            night = collect(clients, settings, now)
+            findings = store_night(engine, run_id, night, settings, with_rules)
+        except BaseException as e:
+            fail_run(engine, run_id, e)
+            raise
     log.info("run %s succeeded: %s finding(s)", run_id, len(findings))
     if not with_rules:
         return NightResult(run_id, len(findings), None)
@@ -228,3 +248,26 @@ def mail_report(report: Report, settings: Settings) -> None:
         except MailError as e:
             raise MailError(f"{e} (the night is stored; the report is at {report.path})") from None
         info["recipients"] = len(settings.mail.recipients)
+
+
+def nightly(
+    settings: Settings, source: str = "azure", with_rules: bool = True, simulation=None
+) -> NightResult:
+    """The night as cron, the scheduler and Azure Functions run it: store, clients and upload
+    from settings."""
+    from finops.azure.clients import clients_for
+    from finops.store.db import engine_for
+
+    engine = engine_for(settings.db_url)
+    try:
+        result = run_night(
+            engine, clients_for(settings.azure), settings, source, with_rules, simulation
+        )
+    finally:
+        engine.dispose()
+    if result.report and settings.report_container_url:
+        from finops.azure.blob import upload_report
+
+        with step("upload report") as info:
+            info["files"] = upload_report(result.report, settings)
+    return result

@@ -137,3 +137,60 @@ def db_url(request, tmp_path: Path) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'finops.db'}"
+
+
+AZURITE = Path(__file__).resolve().parents[1] / ".cache/azurite/node_modules/.bin/azurite-blob"
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Azurite's Blob service over HTTPS with OAuth on a loopback port (installed by make test)."""
+    binary = os.environ.get("FINOPS_TEST_AZURITE") or (str(AZURITE) if AZURITE.exists() else None)
+    binary = binary or shutil.which("azurite-blob")
+    if not binary:
+        raise RuntimeError("Azurite is missing: `make test` installs it (npm install azurite)")
+    import trustme
+
+    folder = tmp_path_factory.mktemp("azurite")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--skipApiVersionCheck",
+            "--inMemoryPersistence",
+            "--oauth",
+            "basic",
+            "--cert",
+            str(folder / "cert.pem"),
+            "--key",
+            str(folder / "key.pem"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Azurite did not start: {proc.stderr.read()[:500]!r}") from None
+            time.sleep(0.2)
+    try:
+        yield {
+            "url": f"https://127.0.0.1:{port}/devstoreaccount1",
+            "ca_file": str(folder / "ca.pem"),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -20,14 +20,34 @@ from finops.config import AzureSettings
 
 
 class StaticTokenCredential:
-    """A fixed bearer token: for the simulated estate only (demo and tests), never for Azure."""
+    """An unsigned, JWT-shaped token for the simulated estate and local emulators (demo and
+    tests only; Azure rejects it). It carries the claims those check: issuer, audience, expiry."""
+
+    TENANT = "00000000-0000-4000-8000-000000000f10"
 
     def __init__(self, identity: str = "finops-demo@simulated.invalid"):
-        claims = base64.urlsafe_b64encode(json.dumps({"upn": identity}).encode()).decode()
-        self._token = f"e30.{claims.rstrip('=')}.simulated"  # JWT-shaped, unsigned
+        self.identity = identity
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, int(time.time()) + 3600)
+        now = int(time.time())
+        audience = scopes[0].removesuffix("/.default") if scopes else ""
+        claims = {
+            "upn": self.identity,
+            "aud": audience,
+            "iat": now,
+            "nbf": now - 60,
+            "exp": now + 3600,
+            "iss": f"https://sts.windows.net/{self.TENANT}/",
+            "tid": self.TENANT,
+            "oid": "00000000-0000-4000-8000-000000000001",
+        }
+        header = {"alg": "none", "typ": "JWT"}
+        token = ".".join(_b64(part) for part in (header, claims)) + ".simulated"
+        return AccessToken(token, now + 3600)
+
+
+def _b64(part: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
 
 
 def default_credential() -> TokenCredential:
@@ -96,3 +116,8 @@ class AzureClients:
         endpoint = self.settings.metrics_endpoint.replace("{region}", region)
         options = {k: v for k, v in self._options.items() if k != "base_url"}
         return MetricsClient(endpoint, self.credential, **options)
+
+
+def clients_for(settings: AzureSettings) -> AzureClients:
+    simulated = settings.credential == "simulated"
+    return AzureClients(StaticTokenCredential() if simulated else default_credential(), settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 from alembic import command
@@ -10,7 +11,17 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+def _sql_dir() -> Path:
+    """The Alembic migrations: sql/ in a source checkout, the finops.sql package in a wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "sql"
+    if (checkout / "env.py").is_file():
+        return checkout
+    spec = find_spec("finops.sql")  # a namespace package: its folder, not a resource reader
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+SQL_DIR = _sql_dir()
 
 
 class StoreError(Exception):

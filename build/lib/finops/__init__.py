@@ -1,0 +1,1 @@
+"""finops: nightly cost governance for AI infrastructure on Azure."""

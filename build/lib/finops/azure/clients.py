@@ -1,0 +1,103 @@
+"""SDK clients built once from settings: credential, endpoint, TLS trust, timeouts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from functools import cache
+from typing import Any
+
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.costmanagement import CostManagementClient
+from azure.mgmt.devtestlabs import DevTestLabsClient
+from azure.mgmt.resource.resources import ResourceManagementClient
+from azure.mgmt.resource.subscriptions import SubscriptionClient
+from azure.monitor.querymetrics import MetricsClient
+
+from finops.config import AzureSettings
+
+
+class StaticTokenCredential:
+    """A fixed bearer token: for the simulated estate only (demo and tests), never for Azure."""
+
+    def __init__(self, identity: str = "finops-demo@simulated.invalid"):
+        claims = base64.urlsafe_b64encode(json.dumps({"upn": identity}).encode()).decode()
+        self._token = f"e30.{claims.rstrip('=')}.simulated"  # JWT-shaped, unsigned
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+
+def default_credential() -> TokenCredential:
+    """Managed identity in Azure Functions, `az login` on a laptop, a service principal by env."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+class AzureClients:
+    """One client per (kind, subscription or region), created on first use and reused."""
+
+    def __init__(self, credential: TokenCredential, settings: AzureSettings):
+        self.credential = credential
+        self.settings = settings
+        self._options: dict[str, Any] = {
+            "base_url": settings.arm_endpoint,
+            "read_timeout": settings.timeout_seconds,
+        }
+        if settings.ca_file:
+            self._options["connection_verify"] = str(settings.ca_file)
+        self.subscription = cache(self._subscription)
+        self.compute = cache(self._compute)
+        self.devtestlabs = cache(self._devtestlabs)
+        self.resources = cache(self._resources)
+        self.costs = cache(self._costs)
+        self.metrics = cache(self._metrics)
+
+    def _subscription(self) -> SubscriptionClient:
+        return SubscriptionClient(self.credential, **self._options)
+
+    def _compute(self, subscription_id: str) -> ComputeManagementClient:
+        return ComputeManagementClient(self.credential, subscription_id, **self._options)
+
+    def _devtestlabs(self, subscription_id: str) -> DevTestLabsClient:
+        return DevTestLabsClient(self.credential, subscription_id, **self._options)
+
+    def _resources(self, subscription_id: str) -> ResourceManagementClient:
+        return ResourceManagementClient(self.credential, subscription_id, **self._options)
+
+    def _costs(self) -> CostManagementClient:
+        return CostManagementClient(self.credential, **self._options)
+
+    def actor(self) -> str:
+        """Who the credential is (user, app or managed identity), read from its token's claims;
+        never the token itself."""
+        token = self.credential.get_token("https://management.azure.com/.default").token
+        try:
+            payload = token.split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except (IndexError, ValueError):
+            return "unknown (token without claims)"
+        for claim in (
+            "upn",
+            "unique_name",
+            "preferred_username",
+            "app_displayname",
+            "appid",
+            "oid",
+        ):
+            if claims.get(claim):
+                return f"{claim}:{claims[claim]}"
+        return "unknown"
+
+    def _metrics(self, region: str) -> MetricsClient:
+        endpoint = self.settings.metrics_endpoint.replace("{region}", region)
+        options = {k: v for k, v in self._options.items() if k != "base_url"}
+        return MetricsClient(endpoint, self.credential, **options)
+
+
+def clients_for(settings: AzureSettings) -> AzureClients:
+    simulated = settings.credential == "simulated"
+    return AzureClients(StaticTokenCredential() if simulated else default_credential(), settings)

@@ -1,0 +1,153 @@
+"""Store queries and arithmetic that several rules share."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from sqlalchemy import Connection, select
+
+from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
+from finops.rules import RunContext
+from finops.store import schema
+
+BILLED_DAYS = 7
+COMPUTE_METER = "Virtual Machines"
+CENTS = Decimal("0.01")
+
+
+def money(value: Decimal) -> Decimal:
+    return value.quantize(CENTS, rounding=ROUND_HALF_UP)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def gpu_vms(conn: Connection, run: RunContext, power_states: Iterable[str]) -> list[dict]:
+    """The run's VMs in the given power states whose size has GPUs, with their GPU facts."""
+    vms, sizes = schema.vms, schema.vm_sizes
+    query = (
+        select(vms, sizes.c.gpus, sizes.c.gpu_model, sizes.c.gpu_memory_gb)
+        .join(sizes, (sizes.c.run_id == vms.c.run_id) & (sizes.c.size == vms.c.size))
+        .where(vms.c.run_id == run.run_id, sizes.c.gpus > 0)
+        .where(vms.c.power_state.in_(list(power_states)))
+        .order_by(vms.c.resource_id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class MonthlyCost:
+    amount: Decimal  # per month, unrounded
+    currency: str
+    basis: str  # billed | list-price | none
+    detail: str
+
+    def evidence(self) -> dict[str, str]:
+        return {
+            "monthly_cost": str(money(self.amount)),
+            "currency": self.currency,
+            "cost_basis": self.basis,
+            "cost_detail": self.detail,
+        }
+
+
+def monthly_costs(conn: Connection, run: RunContext, vms: list[dict]) -> dict[str, MonthlyCost]:
+    """Each VM's cost per month at its own billed rate, else at the catalog's list price.
+
+    The billed rate is the highest daily compute cost (ActualCost, meter category Virtual
+    Machines) of the last complete days: a day the VM ran throughout, at the customer's own
+    price. A mean would be dragged down by the day it was started and by a day not yet settled.
+    """
+    costs = schema.costs_daily
+    first = run.cost_end - timedelta(days=BILLED_DAYS)
+    ids = [vm["resource_id"] for vm in vms]
+    daily: dict[str, dict] = defaultdict(lambda: defaultdict(Decimal))
+    currencies: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        rows = conn.execute(
+            select(costs.c.resource_id, costs.c.usage_date, costs.c.cost, costs.c.currency).where(
+                costs.c.resource_id.in_(ids[start : start + 500]),
+                costs.c.cost_type == "ActualCost",
+                costs.c.meter_category == COMPUTE_METER,
+                costs.c.usage_date >= first,
+                costs.c.usage_date < run.cost_end,
+            )
+        )
+        for rid, day, cost, currency in rows:
+            daily[rid][day] += Decimal(str(cost))
+            currencies[rid] = currency
+    result = {}
+    for vm in vms:
+        rid = vm["resource_id"]
+        days = daily.get(rid)
+        if days and max(days.values()) > 0:
+            top = max(days.values())
+            result[rid] = MonthlyCost(
+                top * HOURS_PER_MONTH / 24,
+                currencies[rid],
+                "billed",
+                f"highest daily billed cost of the last {len(days)} day(s), "
+                f"{money(top)} {currencies[rid]}, x 730 h / 24",
+            )
+            continue
+        catalog = gpu_size(vm["size"])
+        if catalog and catalog.monthly_list_price is not None:
+            result[rid] = MonthlyCost(
+                catalog.monthly_list_price,
+                CATALOG_CURRENCY,
+                "list-price",
+                f"catalog list price {catalog.usd_per_hour} {CATALOG_CURRENCY}/h x 730 h",
+            )
+        else:
+            result[rid] = MonthlyCost(
+                Decimal(0), CATALOG_CURRENCY, "none", "no billed cost and no list price"
+            )
+    return result
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    hours: int
+    average: float
+    p95_max: float
+
+
+def utilisation(
+    conn: Connection, run: RunContext, metric: str, resource_ids: list[str]
+) -> dict[str, Utilisation]:
+    """Per resource over the run's metrics window: hours with data, the mean of hourly
+    averages, and the 95th percentile of hourly maxima."""
+    table = schema.metrics_hourly
+    averages: dict[str, list[float]] = defaultdict(list)
+    maxima: dict[str, list[float]] = defaultdict(list)
+    for start in range(0, len(resource_ids), 500):
+        rows = conn.execute(
+            select(table.c.resource_id, table.c.average, table.c.maximum).where(
+                table.c.resource_id.in_(resource_ids[start : start + 500]),
+                table.c.metric == metric,
+                table.c.ts >= run.metrics_start,
+                table.c.ts < run.metrics_end,
+            )
+        )
+        for rid, average, maximum in rows:
+            if average is not None:
+                averages[rid].append(average)
+            maxima[rid].append(maximum if maximum is not None else average)
+    return {
+        rid: Utilisation(
+            hours=len(values),
+            average=round(sum(values) / len(values), 2),
+            p95_max=round(percentile(maxima[rid], 95), 2),
+        )
+        for rid, values in averages.items()
+        if values
+    }

@@ -1,0 +1,566 @@
+"""A deterministic simulated Azure estate: the same seed and size give the same estate.
+
+The estate holds scenario VMs (each labelled with the findings the rules must produce for it,
+near-misses included) and filler VMs (CPU VMs and busy, scheduled GPU VMs that must produce
+nothing). Hourly metrics and daily costs are computed on demand from a hash of
+(seed, VM, hour), so an estate of any size costs no memory beyond its VM list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from finops.catalog import gpu_size
+
+IDLE = "idle-gpu-vm"
+NO_SHUTDOWN = "gpu-vm-no-auto-shutdown"
+STOPPED = "gpu-vm-stopped-not-deallocated"
+EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
+
+# Simulated list prices of the CPU sizes the estate uses (USD/hour; GPU prices come from the
+# catalog). Only the simulator uses them.
+CPU_SIZES = {
+    "Standard_D4s_v5": (4, 16, Decimal("0.192"), "standardDSv5Family"),
+    "Standard_D8s_v5": (8, 32, Decimal("0.384"), "standardDSv5Family"),
+    "Standard_E8s_v5": (8, 64, Decimal("0.504"), "standardESv5Family"),
+}
+REGIONS = ("eastus", "westeurope")
+SUBSCRIPTION_NAMES = ("ml-research", "ml-production", "platform-shared")
+STORAGE_DAILY_COST = Decimal("12.500000")
+LONG_AGO_H = 60 * 24  # "always on": started before any window the job reads
+
+
+def _mix(*parts: int) -> float:
+    """A fast deterministic hash of integers to a float in [0, 1) (splitmix64)."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return (x >> 11) / float(1 << 53)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Hourly utilisation in percent: average uniform in [low, high], with optional bursts."""
+
+    low: float
+    high: float
+    burst_rate: float = 0.0
+    burst_low: float = 0.0
+    burst_high: float = 0.0
+    max_extra: float = 2.0  # the hourly maximum is the average plus up to this much
+
+    def sample(self, key: int, hour: int) -> tuple[float, float]:
+        if self.burst_rate and _mix(key, hour, 1) < self.burst_rate:
+            avg = self.burst_low + (self.burst_high - self.burst_low) * _mix(key, hour, 2)
+        else:
+            avg = self.low + (self.high - self.low) * _mix(key, hour, 3)
+        peak = min(100.0, avg + self.max_extra * _mix(key, hour, 4))
+        return round(avg, 3), round(peak, 3)
+
+
+IDLE_GPU = Profile(0.2, 2.0)
+BUSY = Profile(55.0, 95.0, max_extra=5.0)
+LOW_CPU = Profile(0.5, 3.0)
+MID_CPU = Profile(15.0, 45.0, max_extra=10.0)
+
+
+@dataclass
+class SimVM:
+    index: int
+    subscription_id: str
+    resource_group: str
+    name: str
+    location: str
+    size: str
+    power_state: str  # running | stopped | deallocated
+    on_since_h: int  # hours ago the VM was started (billing began)
+    off_since_h: int = 0  # hours ago it stopped running (0 while running)
+    cpu: Profile = LOW_CPU
+    gpu: Profile | None = None  # None: no GPU telemetry reaches Azure Monitor
+    schedule: str | None = None  # Enabled | Disabled | None (no schedule)
+    schedule_time: str = "1900"
+    schedule_time_zone: str = "UTC"
+    tags: dict[str, str] = field(default_factory=dict)
+    priority: str = "Regular"
+    os_type: str = "Linux"
+    expect: frozenset[str] = frozenset()
+    scenario: str = "filler"
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    @property
+    def is_gpu(self) -> bool:
+        return gpu_size(self.size) is not None
+
+    @property
+    def vcpus(self) -> int:
+        gpu = gpu_size(self.size)
+        return gpu.vcpus if gpu else CPU_SIZES[self.size][0]
+
+    @property
+    def hourly_price(self) -> Decimal:
+        gpu = gpu_size(self.size)
+        if gpu:
+            return gpu.usd_per_hour or Decimal(0)
+        return CPU_SIZES[self.size][2]
+
+    @property
+    def billed_until_h(self) -> int:
+        """Hours ago billing stopped: a stopped (not deallocated) VM is still billed."""
+        return self.off_since_h if self.power_state == "deallocated" else 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    display_name: str
+
+
+class Estate:
+    """The estate; its VMs change when actions are applied, and with a `state_file` those
+    changes persist from one process to the next (the demo's plan, apply, next night)."""
+
+    def __init__(
+        self,
+        seed: int = 7,
+        vms: int = 60,
+        now: datetime | None = None,
+        state_file: Path | None = None,
+    ):
+        self.seed = seed
+        self.now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+        rng = random.Random(seed)
+        self.tenant_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        self.subscriptions = [
+            Subscription(str(uuid.UUID(int=rng.getrandbits(128), version=4)), name)
+            for name in SUBSCRIPTION_NAMES
+        ]
+        self.vms: list[SimVM] = []
+        self._scenarios()
+        self._fillers(rng, vms - len(self.vms))
+        self.by_id = {vm.id.lower(): vm for vm in self.vms}
+        self.quota_limits = self._quota_limits()
+        self.group_tags: dict[tuple[str, str], dict[str, str]] = {
+            (self.subscriptions[0].subscription_id, "ml-training"): {"owner": "dana"},
+        }
+        self.lock = threading.RLock()
+        self.state_file = state_file
+        self.changes: dict[str, dict[str, Any]] = {}
+        if state_file and state_file.is_file():
+            self._restore(json.loads(state_file.read_text(encoding="utf-8")))
+
+    # -- building ------------------------------------------------------------------------
+    def _add(self, sub: int, rg: str, name: str, location: str, size: str, state: str, **kw):
+        sub_id = self.subscriptions[sub].subscription_id
+        self.vms.append(SimVM(len(self.vms), sub_id, rg, name, location, size, state, **kw))
+
+    def _scenarios(self) -> None:
+        month = LONG_AGO_H
+        team = {"owner": "dana", "cost-center": "cc-4100", "environment": "research"}
+        # The story: eight A100 nodes left running after a training job crashed on Friday.
+        for i in range(1, 9):
+            self._add(
+                0,
+                "ml-training",
+                f"train-nd-a100-{i}",
+                "eastus",
+                "Standard_ND96asr_v4",
+                "running",
+                on_since_h=60,
+                gpu=IDLE_GPU,
+                tags={**team, "workload": "training"},
+                expect=frozenset({IDLE, NO_SHUTDOWN}),
+                scenario="crashed training job",
+            )
+        add = self._add
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-a100-idle",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            tags=team,
+            expect=frozenset({IDLE}),
+            scenario="idle, has a schedule",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-notelemetry",
+            "eastus",
+            "Standard_NC8as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=None,
+            cpu=Profile(0.5, 3.0),
+            schedule="Enabled",
+            expect=frozenset({IDLE}),
+            scenario="idle by CPU, no GPU telemetry",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-gpu6",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=Profile(5.2, 6.8),
+            schedule="Enabled",
+            scenario="near-miss: GPU average 6 %",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-a100-bursty",
+            "westeurope",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=Profile(1.0, 2.0, 0.10, 12.0, 18.0),
+            schedule="Enabled",
+            scenario="near-miss: GPU p95 above 10 %",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-cpu7",
+            "westeurope",
+            "Standard_NC16as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=None,
+            cpu=Profile(6.0, 8.0),
+            schedule="Enabled",
+            scenario="near-miss: no GPU telemetry, CPU average 7 %",
+        )
+        add(
+            2,
+            "notebooks",
+            "nb-nc-t4-busy",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            tags=team,
+            expect=frozenset({NO_SHUTDOWN}),
+            scenario="busy, no schedule",
+        )
+        add(
+            2,
+            "notebooks",
+            "nb-nc-a100-schedoff",
+            "eastus",
+            "Standard_NC48ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Disabled",
+            expect=frozenset({NO_SHUTDOWN}),
+            scenario="busy, schedule disabled",
+        )
+        add(
+            0,
+            "viz",
+            "viz-nv-a10-stopped",
+            "westeurope",
+            "Standard_NV36ads_A10_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=100,
+            gpu=IDLE_GPU,
+            tags=team,
+            expect=frozenset({STOPPED}),
+            scenario="stopped from the OS, still billed",
+        )
+        add(
+            0,
+            "ml-training",
+            "train-nd-h100-stopped",
+            "eastus",
+            "Standard_ND96isr_H100_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=40,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            tags=team,
+            expect=frozenset({STOPPED}),
+            scenario="stopped, still billed",
+        )
+        add(
+            0,
+            "ml-training",
+            "train-nc-a100-dealloc",
+            "eastus",
+            "Standard_NC96ads_A100_v4",
+            "deallocated",
+            on_since_h=month,
+            off_since_h=12 * 24,
+            gpu=BUSY,
+            scenario="near-miss: deallocated, no schedule",
+        )
+        add(
+            1,
+            "serving",
+            "serve-nd-h100-busy",
+            "eastus",
+            "Standard_ND96isr_H100_v5",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags={"owner": "lee", "cost-center": "cc-7200", "environment": "prod"},
+            scenario="busy, scheduled",
+        )
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-a100-exempt",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            tags={**team, "finops-exempt": "true"},
+            expect=frozenset({EXEMPT}),
+            scenario="idle, no schedule, exempt",
+        )
+        add(
+            0,
+            "ml-dev",
+            "dev-nc-t4-notexempt",
+            "westeurope",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=month,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            tags={**team, "finops-exempt": "false"},
+            expect=frozenset({IDLE}),
+            scenario="idle, exempt tag set to false",
+        )
+        add(
+            2,
+            "render",
+            "render-nv-a10-spot",
+            "westeurope",
+            "Standard_NV36ads_A10_v5",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            priority="Spot",
+            scenario="busy spot VM",
+        )
+        add(
+            2,
+            "render",
+            "render-nd-a100-80",
+            "eastus",
+            "Standard_ND96amsr_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            scenario="busy, untagged",
+        )
+        add(
+            1,
+            "inference",
+            "infer-nc-t4-new",
+            "eastus",
+            "Standard_NC4as_T4_v3",
+            "running",
+            on_since_h=10,
+            gpu=IDLE_GPU,
+            schedule="Enabled",
+            scenario="near-miss: idle but started 10 hours ago",
+        )
+        add(
+            2,
+            "web",
+            "web-cpu-idle",
+            "eastus",
+            "Standard_D4s_v5",
+            "running",
+            on_since_h=month,
+            scenario="near-miss: idle CPU VM, no schedule",
+        )
+        add(
+            2,
+            "web",
+            "web-cpu-stopped",
+            "eastus",
+            "Standard_D8s_v5",
+            "stopped",
+            on_since_h=month,
+            off_since_h=50,
+            scenario="near-miss: stopped CPU VM",
+        )
+
+    def _fillers(self, rng: random.Random, count: int) -> None:
+        gpu_sizes = ("Standard_NC8as_T4_v3", "Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5")
+        rgs = ("app", "data", "batch", "analytics")
+        for n in range(max(0, count)):
+            sub = rng.randrange(len(self.subscriptions))
+            location = REGIONS[rng.randrange(len(REGIONS))]
+            tags = {} if rng.random() < 0.3 else {"owner": "ops", "environment": "prod"}
+            rg = rgs[rng.randrange(len(rgs))]
+            if rng.random() < 0.2:
+                self._add(
+                    sub,
+                    rg,
+                    f"gpu-{n:05d}",
+                    location,
+                    rng.choice(gpu_sizes),
+                    "running",
+                    on_since_h=LONG_AGO_H,
+                    gpu=BUSY,
+                    cpu=MID_CPU,
+                    schedule="Enabled",
+                    tags=tags,
+                )
+                continue
+            state = "running" if rng.random() < 0.8 else "deallocated"
+            self._add(
+                sub,
+                rg,
+                f"vm-{n:05d}",
+                location,
+                rng.choice(tuple(CPU_SIZES)),
+                state,
+                on_since_h=LONG_AGO_H,
+                off_since_h=0 if state == "running" else 5 * 24,
+                cpu=MID_CPU,
+                tags=tags,
+            )
+
+    def _quota_limits(self) -> dict[tuple[str, str, str], int]:
+        """(subscription, region, family) -> vCPU limit; the ND A100 quota is near its limit."""
+        limits: dict[tuple[str, str, str], int] = {}
+        for key, used in self.quota_usage().items():
+            limits[key] = max(100, -(-used * 2 // 100) * 100)
+        story = (self.subscriptions[0].subscription_id, "eastus", "standardNDASv4_A100Family")
+        if story in limits:
+            limits[story] = 800
+        return limits
+
+    # -- changes (what applied actions do) ------------------------------------------------
+    def change(self, vm: SimVM, **fields: Any) -> None:
+        """Change a VM (power state, tags, schedule) and persist it when there is a state file."""
+        with self.lock:
+            if fields.get("power_state") == "deallocated" and vm.power_state != "deallocated":
+                fields["deallocated_at"] = self.now.isoformat()
+            self._set(vm, fields)
+            self.changes.setdefault(vm.id.lower(), {}).update(fields)
+            self._save()
+
+    def change_group_tags(self, subscription_id: str, group: str, tags: dict[str, str]) -> None:
+        with self.lock:
+            self.group_tags[(subscription_id, group.lower())] = dict(tags)
+            self._save()
+
+    def _set(self, vm: SimVM, fields: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            if key == "deallocated_at":
+                gone = (self.now - datetime.fromisoformat(value)) / timedelta(hours=1)
+                vm.off_since_h = max(0, int(gone))
+            elif key == "power_state" and value == "running" and vm.power_state != "running":
+                vm.power_state, vm.off_since_h = value, 0
+            else:
+                setattr(vm, key, value)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for rid, fields in state.get("vms", {}).items():
+            if rid in self.by_id:
+                self._set(self.by_id[rid], fields)
+                self.changes[rid] = fields
+        for key, tags in state.get("group_tags", {}).items():
+            sub, group = key.split("/", 1)
+            self.group_tags[(sub, group)] = tags
+
+    def _save(self) -> None:
+        if not self.state_file:
+            return
+        state = {
+            "seed": self.seed,
+            "vms": self.changes,
+            "group_tags": {f"{s}/{g}": t for (s, g), t in self.group_tags.items()},
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.state_file)
+
+    # -- queries -------------------------------------------------------------------------
+    def vms_in(self, subscription_id: str) -> list[SimVM]:
+        return [vm for vm in self.vms if vm.subscription_id == subscription_id]
+
+    def quota_family(self, size: str) -> str:
+        gpu = gpu_size(size)
+        return gpu.quota_family if gpu else CPU_SIZES[size][3]
+
+    def quota_usage(self) -> dict[tuple[str, str, str], int]:
+        used: dict[tuple[str, str, str], int] = {}
+        for vm in self.vms:
+            key = (vm.subscription_id, vm.location, self.quota_family(vm.size))
+            active = vm.power_state != "deallocated"
+            used[key] = used.get(key, 0) + (vm.vcpus if active else 0)
+        return used
+
+    def hourly(self, vm: SimVM, metric: str, hour: datetime) -> tuple[float, float] | None:
+        """(average, maximum) of a metric for the hour starting at `hour`, or None: no data."""
+        hours_ago = (self.now - hour) / timedelta(hours=1)
+        if not (vm.off_since_h < hours_ago <= vm.on_since_h):
+            return None
+        profile = vm.gpu if metric == "gpu" else vm.cpu
+        if profile is None:
+            return None
+        key = self.seed * 1_000_003 + vm.index * 2 + (metric == "gpu")
+        return profile.sample(key, int(hour.timestamp()) // 3600)
+
+    def daily_cost(self, vm: SimVM, day: date) -> Decimal:
+        """Billed compute cost of the VM on that UTC day (up to the estate's `now`)."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        billed_from = self.now - timedelta(hours=vm.on_since_h)
+        billed_to = self.now - timedelta(hours=vm.billed_until_h)
+        lo, hi = max(start, billed_from), min(start + timedelta(days=1), billed_to)
+        hours = max(0.0, (hi - lo) / timedelta(hours=1))
+        return (vm.hourly_price * Decimal(hours)).quantize(Decimal("0.000001"))
+
+    def storage_account_id(self, subscription_id: str) -> str:
+        return (
+            f"/subscriptions/{subscription_id}/resourceGroups/shared"
+            f"/providers/Microsoft.Storage/storageAccounts/st{subscription_id[:8]}"
+        )
+
+    def expected(self, rule: str) -> set[str]:
+        """Lower-cased ids of the VMs the given rule (or EXEMPT) must name."""
+        return {vm.id.lower() for vm in self.vms if rule in vm.expect}

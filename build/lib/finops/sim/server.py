@@ -1,0 +1,716 @@
+"""HTTPS server answering the ARM, Cost Management and Metrics REST calls for a simulated estate.
+
+It follows the REST shapes and api-versions the pinned SDKs send: unknown api-versions get 400
+as ARM answers them, lists page by absolute `nextLink`, the metrics batch API takes at most 50
+resources of one region. It counts requests per route so tests and the benchmark can measure them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import trustme
+
+from finops.catalog import gpu_sizes
+from finops.sim.estate import CPU_SIZES, REGIONS, STORAGE_DAILY_COST, Estate
+
+GPU_NAMESPACE = "telegraf/nvidia_smi"
+GPU_METRIC = "utilization_gpu"
+CPU_NAMESPACE = "microsoft.compute/virtualmachines"
+CPU_METRIC = "Percentage CPU"
+MAX_BATCH_RESOURCES = 50
+
+Reply = tuple[int, Any, dict[str, str]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Fault:
+    """Answer `status` (or wait `delay` seconds first) to requests of `route` whose path
+    contains `match`, `count` times (None: every time)."""
+
+    route: str
+    status: int | None = None
+    match: str = ""
+    count: int | None = 1
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Route:
+    def __init__(self, name: str, method: str, pattern: str, versions: set[str], handler):
+        self.name, self.method, self.versions, self.handler = name, method, versions, handler
+        self.regex = re.compile(pattern + r"$", re.IGNORECASE)
+
+
+class Request:
+    def __init__(self, sim: SimServer, path: str, query: dict[str, str], body: Any):
+        self.sim, self.path, self.query, self.body = sim, path, query, body
+
+    def page(self, items: list[Any], size: int) -> dict[str, Any]:
+        """One page of `items` with an absolute nextLink carrying every original parameter."""
+        start = int(self.query.get("$skiptoken", "0") or 0)
+        result: dict[str, Any] = {"value": items[start : start + size]}
+        if start + size < len(items):
+            params = {**self.query, "$skiptoken": str(start + size)}
+            result["nextLink"] = f"{self.sim.url}{self.path}?{urlencode(params)}"
+        return result
+
+
+class SimServer:
+    """The simulated Azure estate over HTTPS on 127.0.0.1 (a free port unless told)."""
+
+    def __init__(self, estate: Estate, port: int = 0, page_size: int = 25, cost_page_size=200):
+        self.estate = estate
+        self.page_size = page_size
+        self.cost_page_size = cost_page_size
+        self.requests: Counter[str] = Counter()
+        self.faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._dir = tempfile.TemporaryDirectory(prefix="finops-sim-")
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_file = str(Path(self._dir.name, "ca.pem"))
+        ca.cert_pem.write_to_path(self.ca_file)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread: threading.Thread | None = None
+        self.routes = _routes()
+
+    def start(self) -> SimServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def count(self, route: str) -> None:
+        with self._lock:
+            self.requests[route] += 1
+
+    def inject(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def _fault_for(self, route: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.route == route and fault.match.lower() in path.lower():
+                    if fault.count is not None:
+                        fault.count -= 1
+                        if fault.count <= 0:
+                            self.faults.remove(fault)
+                    return fault
+        return None
+
+    def dispatch(self, method: str, raw_path: str, body: bytes) -> tuple[str, Reply]:
+        parts = urlsplit(raw_path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        for route in self.routes:
+            match = route.regex.match(parts.path)
+            if not match or route.method != method:
+                continue
+            version = query.get("api-version")
+            if version not in route.versions:
+                return route.name, _error(
+                    400,
+                    "InvalidApiVersionParameter",
+                    f"The api-version '{version}' is invalid. The supported versions are "
+                    f"'{', '.join(sorted(route.versions))}'.",
+                )
+            fault = self._fault_for(route.name, parts.path)
+            if fault and fault.delay:
+                time.sleep(fault.delay)
+            if fault and fault.status:
+                reply = _error(fault.status, "InjectedFault", f"simulated {fault.status}")
+                return route.name, (reply[0], reply[1], dict(fault.headers))
+            try:
+                payload = json.loads(body) if body else None
+                request = Request(self, parts.path, query, payload)
+                return route.name, route.handler(request, *match.groups())
+            except ApiError as e:
+                return route.name, _error(e.status, e.code, e.message)
+            except (ValueError, KeyError, TypeError) as e:
+                return route.name, _error(400, "BadRequest", f"Invalid request: {e}")
+        return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}")
+
+
+def _error(status: int, code: str, message: str) -> Reply:
+    return status, {"error": {"code": code, "message": message}}, {}
+
+
+def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet: the job's own logs matter
+            pass
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if not self.headers.get("Authorization", "").startswith("Bearer "):
+                name, (status, payload, headers) = (
+                    "unauthorized",
+                    _error(401, "AuthenticationFailed", "Authentication failed: no bearer token."),
+                )
+            else:
+                name, (status, payload, headers) = sim.dispatch(method, self.path, body)
+            sim.count(name)
+            data = json.dumps(payload).encode() if payload is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-request-id", f"sim-{sum(sim.requests.values())}")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_PUT(self) -> None:
+            self._serve("PUT")
+
+        def do_PATCH(self) -> None:
+            self._serve("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+    return Handler
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _subscription(req: Request, subscription_id: str):
+    for sub in req.sim.estate.subscriptions:
+        if sub.subscription_id.lower() == subscription_id.lower():
+            return sub
+    raise ApiError(
+        404, "SubscriptionNotFound", f"The subscription '{subscription_id}' could not be found."
+    )
+
+
+def list_subscriptions(req: Request) -> Reply:
+    estate = req.sim.estate
+    items = [
+        {
+            "id": f"/subscriptions/{s.subscription_id}",
+            "subscriptionId": s.subscription_id,
+            "tenantId": estate.tenant_id,
+            "displayName": s.display_name,
+            "state": "Enabled",
+            "subscriptionPolicies": {"spendingLimit": "Off", "quotaId": "EnterpriseAgreement_2014"},
+            "authorizationSource": "RoleBased",
+        }
+        for s in estate.subscriptions
+    ]
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+def _power_status(state: str) -> list[dict[str, str]]:
+    display = {"running": "VM running", "stopped": "VM stopped", "deallocated": "VM deallocated"}
+    provisioned = "Provisioning succeeded"
+    return [
+        {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": provisioned},
+        {"code": f"PowerState/{state}", "level": "Info", "displayStatus": display[state]},
+    ]
+
+
+def list_vms(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    status_only = req.query.get("statusOnly", "").lower() == "true"
+    items = []
+    for vm in req.sim.estate.vms_in(sub.subscription_id):
+        item: dict[str, Any] = {
+            "name": vm.name,
+            "id": vm.id,
+            "type": "Microsoft.Compute/virtualMachines",
+            "location": vm.location,
+        }
+        if status_only:
+            item["properties"] = {"instanceView": {"statuses": _power_status(vm.power_state)}}
+        else:
+            if vm.tags:
+                item["tags"] = dict(vm.tags)
+            item["properties"] = {
+                "vmId": f"{vm.index:08d}-0000-4000-8000-{req.sim.estate.seed:012d}",
+                "hardwareProfile": {"vmSize": vm.size},
+                "storageProfile": {"osDisk": {"osType": vm.os_type, "name": f"{vm.name}_OsDisk"}},
+                "priority": vm.priority,
+                "provisioningState": "Succeeded",
+                "timeCreated": "2026-01-05T09:00:00+00:00",
+            }
+        items.append(item)
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+def list_skus(req: Request, subscription_id: str) -> Reply:
+    _subscription(req, subscription_id)
+    match = re.fullmatch(r"\s*location\s+eq\s+'([^']+)'\s*", req.query.get("$filter", ""))
+    locations = [match.group(1).lower()] if match else list(REGIONS)
+    items = []
+    for location in locations:
+        for gpu in gpu_sizes().values():
+            caps = {"vCPUs": gpu.vcpus, "GPUs": max(1, int(gpu.gpus)), "MemoryGB": gpu.vcpus * 9}
+            items.append(_sku(gpu.size, gpu.quota_family, location, caps))
+        for size, (vcpus, memory, _, family) in CPU_SIZES.items():
+            items.append(_sku(size, family, location, {"vCPUs": vcpus, "MemoryGB": memory}))
+        items.append(
+            {
+                "resourceType": "disks",
+                "name": "Premium_LRS",
+                "tier": "Premium",
+                "kind": "",
+                "locations": [location],
+                "capabilities": [{"name": "MaxSizeGiB", "value": "4"}],
+                "restrictions": [],
+            }
+        )
+    return 200, {"value": items}, {}
+
+
+def _sku(size: str, family: str, location: str, caps: dict[str, int]) -> dict[str, Any]:
+    return {
+        "resourceType": "virtualMachines",
+        "name": size,
+        "tier": "Standard",
+        "size": size.removeprefix("Standard_"),
+        "family": family,
+        "locations": [location],
+        "locationInfo": [{"location": location, "zones": ["1", "2", "3"]}],
+        "capabilities": [{"name": k, "value": str(v)} for k, v in caps.items()],
+        "restrictions": [],
+    }
+
+
+def list_usages(req: Request, subscription_id: str, location: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    used = estate.quota_usage()
+    items = []
+    total = 0
+    for (sid, loc, family), value in sorted(used.items()):
+        if sid != sub.subscription_id or loc != location.lower():
+            continue
+        total += value
+        items.append(
+            {
+                "unit": "Count",
+                "currentValue": value,
+                "limit": estate.quota_limits[(sid, loc, family)],
+                "name": {"value": family, "localizedValue": f"{family} vCPUs"},
+            }
+        )
+    items.insert(
+        0,
+        {
+            "unit": "Count",
+            "currentValue": total,
+            "limit": 5000,
+            "name": {"value": "cores", "localizedValue": "Total Regional vCPUs"},
+        },
+    )
+    return 200, req.page(items, 100), {}
+
+
+def _schedule_items(vms) -> list[dict[str, Any]]:
+    items = []
+    for vm in vms:
+        if vm.schedule is None:
+            continue
+        items.append(
+            {
+                "id": (
+                    f"/subscriptions/{vm.subscription_id}/resourcegroups/{vm.resource_group}"
+                    f"/providers/microsoft.devtestlab/schedules/shutdown-computevm-{vm.name}"
+                ),
+                "name": f"shutdown-computevm-{vm.name}",
+                "type": "microsoft.devtestlab/schedules",
+                "location": vm.location,
+                "properties": {
+                    "status": vm.schedule,
+                    "taskType": "ComputeVmShutdownTask",
+                    "dailyRecurrence": {"time": vm.schedule_time},
+                    "timeZoneId": vm.schedule_time_zone,
+                    "notificationSettings": {"status": "Disabled", "timeInMinutes": 30},
+                    "createdDate": "2026-01-05T09:00:00+00:00",
+                    "targetResourceId": vm.id,
+                    "provisioningState": "Succeeded",
+                },
+            }
+        )
+    return items
+
+
+def list_schedules(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    items = _schedule_items(req.sim.estate.vms_in(sub.subscription_id))
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def metrics_batch(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    ids = (req.body or {}).get("resourceids") or []
+    if not ids or len(ids) > MAX_BATCH_RESOURCES:
+        raise ApiError(400, "BadRequest", f"resourceids must hold 1 to {MAX_BATCH_RESOURCES} ids.")
+    namespace = req.query["metricnamespace"].lower()
+    names = [n.strip() for n in req.query["metricnames"].split(",")]
+    if req.query.get("interval", "PT1H").upper() != "PT1H":
+        raise ApiError(400, "BadRequest", "The simulator serves hourly metrics only (PT1H).")
+    start = datetime.fromisoformat(req.query["starttime"]).astimezone(UTC)
+    end = datetime.fromisoformat(req.query["endtime"]).astimezone(UTC)
+    aggregations = [a.strip().lower() for a in req.query.get("aggregation", "average").split(",")]
+    if namespace == CPU_NAMESPACE and names == [CPU_METRIC]:
+        metric, unit = "cpu", "Percent"
+    elif namespace == GPU_NAMESPACE and names == [GPU_METRIC]:
+        metric, unit = "gpu", "Percent"
+    else:
+        raise ApiError(
+            400, "BadRequest", f"Failed to find metric configuration for {namespace}: {names}."
+        )
+    vms = []
+    for rid in ids:
+        vm = estate.by_id.get(rid.lower())
+        if vm is None or vm.subscription_id != sub.subscription_id:
+            raise ApiError(400, "BadRequest", f"Resource {rid} is not in this subscription.")
+        vms.append(vm)
+    if len({vm.location for vm in vms}) > 1:
+        raise ApiError(400, "BadRequest", "All resources of a batch must be in one region.")
+    hours = []
+    moment = start.replace(minute=0, second=0, microsecond=0)
+    while moment < end:
+        hours.append(moment)
+        moment += timedelta(hours=1)
+    values = []
+    for rid, vm in zip(ids, vms, strict=True):
+        series_values = []
+        if metric == "cpu" or vm.gpu is not None:
+            data = []
+            for hour in hours:
+                point: dict[str, Any] = {"timeStamp": _iso(hour)}
+                sample = estate.hourly(vm, metric, hour)
+                if sample is not None:
+                    if "average" in aggregations:
+                        point["average"] = sample[0]
+                    if "maximum" in aggregations:
+                        point["maximum"] = sample[1]
+                data.append(point)
+            series_values.append(
+                {
+                    "id": f"{rid}/providers/Microsoft.Insights/metrics/{names[0]}",
+                    "type": "Microsoft.Insights/metrics",
+                    "name": {"value": names[0], "localizedValue": names[0]},
+                    "displayDescription": "",
+                    "unit": unit,
+                    "timeseries": [{"metadatavalues": [], "data": data}],
+                    "errorCode": "Success",
+                }
+            )
+        values.append(
+            {
+                "starttime": _iso(start),
+                "endtime": _iso(end),
+                "interval": "PT1H",
+                "namespace": req.query["metricnamespace"],
+                "resourceregion": vm.location,
+                "resourceid": rid,
+                "value": series_values,
+            }
+        )
+    return 200, {"values": values}, {}
+
+
+def cost_query(req: Request, scope: str) -> Reply:
+    match = re.fullmatch(r"subscriptions/([^/]+)", scope.strip("/"), re.IGNORECASE)
+    if not match:
+        raise ApiError(
+            400, "BadRequest", f"The simulator answers subscription scopes, not {scope}."
+        )
+    sub = _subscription(req, match.group(1))
+    estate = req.sim.estate
+    body = req.body or {}
+    if body.get("type") not in ("ActualCost", "AmortizedCost", "Usage"):
+        raise ApiError(400, "BadRequest", "type must be ActualCost, AmortizedCost or Usage.")
+    dataset = body["dataset"]
+    if body.get("timeframe") != "Custom" or dataset.get("granularity") != "Daily":
+        raise ApiError(400, "BadRequest", "The simulator answers Custom timeframes, Daily.")
+    first = datetime.fromisoformat(body["timePeriod"]["from"]).date()
+    last = datetime.fromisoformat(body["timePeriod"]["to"]).date()
+    (alias,) = dataset["aggregation"].values()
+    groups = [g["name"] for g in dataset.get("grouping", [])]
+    if not set(groups) <= {"ResourceId", "MeterCategory", "ServiceName"}:
+        raise ApiError(400, "BadRequest", f"Unsupported grouping {groups}.")
+    rows = []
+    day = first
+    while day <= min(last, estate.now.date()):
+        number = int(day.strftime("%Y%m%d"))
+        for vm in estate.vms_in(sub.subscription_id):
+            cost = estate.daily_cost(vm, day)
+            if cost:
+                rows.append(_cost_row(cost, number, vm.id.lower(), "Virtual Machines", groups))
+        storage = estate.storage_account_id(sub.subscription_id).lower()
+        rows.append(_cost_row(STORAGE_DAILY_COST, number, storage, "Storage", groups))
+        day += timedelta(days=1)
+    columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
+    columns += [{"name": g, "type": "String"} for g in groups]
+    columns.append({"name": "Currency", "type": "String"})
+    page = req.page(rows, req.sim.cost_page_size)
+    return (
+        200,
+        {
+            "id": f"subscriptions/{sub.subscription_id}/query/sim",
+            "name": "sim",
+            "type": "Microsoft.CostManagement/query",
+            "properties": {
+                "nextLink": page.get("nextLink"),
+                "columns": columns,
+                "rows": page["value"],
+            },
+        },
+        {},
+    )
+
+
+def _cost_row(cost, number: int, rid: str, category: str, groups: list[str]) -> list[Any]:
+    values = {"ResourceId": rid, "MeterCategory": category, "ServiceName": category}
+    return [float(cost), number, *(values[g] for g in groups), "USD"]
+
+
+def _vm(req: Request, subscription_id: str, group: str, name: str):
+    vm = req.sim.estate.by_id.get(
+        f"/subscriptions/{subscription_id}/resourcegroups/{group}"
+        f"/providers/microsoft.compute/virtualmachines/{name}".lower()
+    )
+    if vm is None:
+        raise ApiError(
+            404,
+            "ResourceNotFound",
+            f"The Resource 'Microsoft.Compute/virtualMachines/{name}' under resource group "
+            f"'{group}' was not found.",
+        )
+    return vm
+
+
+def get_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    item = next(i for i in list_vms(req, subscription_id)[1]["value"] if i["id"] == vm.id)
+    return 200, item, {}
+
+
+def vm_instance_view(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    return 200, {"computerName": vm.name, "statuses": _power_status(vm.power_state)}, {}
+
+
+def deallocate_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _vm(req, subscription_id, group, name)
+    req.sim.estate.change(vm, power_state="deallocated")
+    operation = (
+        f"{req.sim.url}/subscriptions/{vm.subscription_id}/providers/Microsoft.Compute"
+        f"/locations/{vm.location}/operations/{uuid.uuid4()}"
+    )
+    version = req.query["api-version"]
+    return (
+        202,
+        None,
+        {
+            "Azure-AsyncOperation": f"{operation}?api-version={version}",
+            "Location": f"{operation}?monitor=true&api-version={version}",
+            "Retry-After": "1",
+        },
+    )
+
+
+def compute_operation(req: Request, subscription_id: str, location: str, op: str) -> Reply:
+    if req.query.get("monitor") == "true":
+        return 200, None, {}
+    now = _iso(datetime.now(UTC))
+    return 200, {"name": op, "status": "Succeeded", "startTime": now, "endTime": now}, {}
+
+
+def get_group(req: Request, subscription_id: str, group: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    vms = [
+        v for v in estate.vms_in(sub.subscription_id) if v.resource_group.lower() == group.lower()
+    ]
+    if not vms:
+        raise ApiError(
+            404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found."
+        )
+    item = {
+        "id": f"/subscriptions/{sub.subscription_id}/resourceGroups/{vms[0].resource_group}",
+        "name": vms[0].resource_group,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": vms[0].location,
+        "properties": {"provisioningState": "Succeeded"},
+    }
+    tags = estate.group_tags.get((sub.subscription_id, group.lower()))
+    if tags:
+        item["tags"] = dict(tags)
+    return 200, item, {}
+
+
+def patch_tags(req: Request, scope: str) -> Reply:
+    estate = req.sim.estate
+    body = req.body or {}
+    operation = body.get("operation")
+    tags = (body.get("properties") or {}).get("tags")
+    if operation not in ("Merge", "Replace", "Delete") or not isinstance(tags, dict):
+        raise ApiError(400, "InvalidRequestContent", "operation and properties.tags are required.")
+    parts = scope.strip("/").split("/")
+    vm = estate.by_id.get("/" + scope.strip("/").lower())
+    if vm is not None:
+        current = dict(vm.tags)
+    elif len(parts) == 4 and parts[2].lower() == "resourcegroups":
+        get_group(req, parts[1], parts[3])  # 404 when missing
+        current = dict(estate.group_tags.get((parts[1], parts[3].lower()), {}))
+    else:
+        raise ApiError(404, "ResourceNotFound", f"The resource '{scope}' was not found.")
+    if operation == "Merge":
+        current.update(tags)
+    elif operation == "Replace":
+        current = dict(tags)
+    else:
+        current = {k: v for k, v in current.items() if k not in tags}
+    if vm is not None:
+        estate.change(vm, tags=current)
+    else:
+        estate.change_group_tags(parts[1], parts[3], current)
+    return (
+        200,
+        {
+            "id": f"/{scope.strip('/')}/providers/Microsoft.Resources/tags/default",
+            "name": "default",
+            "type": "Microsoft.Resources/tags",
+            "properties": {"tags": current},
+        },
+        {},
+    )
+
+
+def _schedule_item(vm) -> dict[str, Any]:
+    return next(i for i in _schedule_items([vm]) if i["properties"]["targetResourceId"] == vm.id)
+
+
+def _schedule_target(req: Request, subscription_id: str, group: str, name: str):
+    if not name.lower().startswith("shutdown-computevm-"):
+        raise ApiError(400, "BadRequest", "Only shutdown-computevm-<vm> schedules are simulated.")
+    return _vm(req, subscription_id, group, name[len("shutdown-computevm-") :])
+
+
+def get_schedule(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _schedule_target(req, subscription_id, group, name)
+    if vm.schedule is None:
+        raise ApiError(404, "ResourceNotFound", f"The schedule '{name}' was not found.")
+    return 200, _schedule_item(vm), {}
+
+
+def put_schedule(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    vm = _schedule_target(req, subscription_id, group, name)
+    props = (req.body or {}).get("properties") or {}
+    if props.get("taskType") != "ComputeVmShutdownTask":
+        raise ApiError(400, "BadRequest", "taskType must be ComputeVmShutdownTask.")
+    if (props.get("targetResourceId") or "").lower() != vm.id.lower():
+        raise ApiError(400, "BadRequest", "targetResourceId must be the VM of the schedule.")
+    daily = (props.get("dailyRecurrence") or {}).get("time", "")
+    if not re.fullmatch(r"([01]\d|2[0-3])[0-5]\d", daily):
+        raise ApiError(400, "BadRequest", "dailyRecurrence.time must be HHmm.")
+    existed = vm.schedule is not None
+    req.sim.estate.change(
+        vm,
+        schedule=props.get("status", "Enabled"),
+        schedule_time=daily,
+        schedule_time_zone=props.get("timeZoneId", "UTC"),
+    )
+    return (200 if existed else 201), _schedule_item(vm), {}
+
+
+def _routes() -> list[Route]:
+    sub = r"/subscriptions/([^/]+)"
+    group = sub + r"/resourceGroups/([^/]+)"
+    compute = sub + r"/providers/Microsoft\.Compute"
+    vm = group + r"/providers/Microsoft\.Compute/virtualMachines/([^/]+)"
+    schedule = group + r"/providers/Microsoft\.DevTestLab/schedules/([^/]+)"
+    arm, compute_api, labs, cost_api = "2025-04-01", "2026-04-01", "2018-09-15", "2025-03-01"
+    table: list[tuple[str, str, str, str, Callable[..., Reply]]] = [
+        ("subscriptions", "GET", r"/subscriptions", "2022-12-01", list_subscriptions),
+        ("vms", "GET", compute + "/virtualMachines", compute_api, list_vms),
+        ("skus", "GET", compute + "/skus", "2021-07-01", list_skus),
+        ("usages", "GET", compute + "/locations/([^/]+)/usages", compute_api, list_usages),
+        (
+            "operation",
+            "GET",
+            compute + "/locations/([^/]+)/operations/([^/]+)",
+            compute_api,
+            compute_operation,
+        ),
+        (
+            "schedules",
+            "GET",
+            sub + r"/providers/Microsoft\.DevTestLab/schedules",
+            labs,
+            list_schedules,
+        ),
+        ("metrics", "POST", sub + r"/metrics:getBatch", "2024-02-01", metrics_batch),
+        ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query", cost_api, cost_query),
+        ("vm", "GET", vm, compute_api, get_vm),
+        ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),
+        ("deallocate", "POST", vm + "/deallocate", compute_api, deallocate_vm),
+        ("group", "GET", group, arm, get_group),
+        ("tags", "PATCH", r"/(.+)/providers/Microsoft\.Resources/tags/default", arm, patch_tags),
+        ("schedule", "GET", schedule, labs, get_schedule),
+        ("schedule-put", "PUT", schedule, labs, put_schedule),
+    ]
+    return [
+        Route(name, method, pattern, {version}, handler)
+        for name, method, pattern, version, handler in table
+    ]

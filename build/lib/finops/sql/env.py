@@ -1,0 +1,15 @@
+"""Alembic environment: finops passes its own connection (see finops.store.db.upgrade)."""
+
+from alembic import context
+
+from finops.store.schema import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,188 @@
+"""SQLAlchemy Core tables: the one source of truth for the schema (Alembic migrates to it).
+
+Snapshots (subscriptions, VMs, sizes, quotas, schedules, findings) carry `run_id`, so every
+night is kept. Time series (hourly metrics, daily cost) are keyed by resource and time and
+upserted, so re-running a night changes nothing. Resource ids are stored lower-cased.
+Timestamps are naive UTC. Money is Numeric(18, 6) beside its currency.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
+
+Money = Numeric(18, 6, asdecimal=True)
+metadata = MetaData(
+    naming_convention={
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    }
+)
+
+
+def _run_id() -> Column:
+    return Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("status", String(16), nullable=False),  # running | succeeded | failed
+    Column("source", String(16), nullable=False),  # azure | simulated
+    Column("metrics_start", DateTime),
+    Column("metrics_end", DateTime),
+    Column("cost_start", Date),
+    Column("cost_end", Date),
+    Column("counts", JSON, nullable=False, default=dict),
+    Column("error", Text),
+    Column("simulation", JSON),  # seed and size of a simulated estate
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    _run_id(),
+    Column("subscription_id", String(64), primary_key=True),
+    Column("display_name", String(256), nullable=False),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    _run_id(),
+    Column("resource_id", String(512), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("subscription_id", String(64), nullable=False),
+    Column("resource_group", String(128), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("size", String(64), nullable=False),
+    Column("power_state", String(32), nullable=False),
+    Column("os_type", String(16), nullable=False),
+    Column("priority", String(16), nullable=False),
+    Column("tags", JSON, nullable=False),
+)
+
+vm_sizes = Table(
+    "vm_sizes",
+    metadata,
+    _run_id(),
+    Column("size", String(64), primary_key=True),
+    Column("vcpus", Integer, nullable=False),
+    Column("memory_gb", Float, nullable=False),
+    Column("gpus", Numeric(8, 6), nullable=False),
+    Column("gpu_model", String(64)),
+    Column("gpu_memory_gb", Integer),
+    Column("family", String(128), nullable=False),
+)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    _run_id(),
+    Column("subscription_id", String(64), primary_key=True),
+    Column("location", String(64), primary_key=True),
+    Column("family", String(128), primary_key=True),
+    Column("display_name", String(256), nullable=False),
+    Column("current_value", Integer, nullable=False),
+    Column("limit", Integer, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    _run_id(),
+    Column("resource_id", String(512), primary_key=True),
+    Column("schedule_id", String(512), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("daily_time", String(8)),
+    Column("time_zone", String(64), nullable=False),
+)
+
+metrics_hourly = Table(
+    "metrics_hourly",
+    metadata,
+    Column("resource_id", String(512), primary_key=True),
+    Column("metric", String(16), primary_key=True),  # cpu | gpu
+    Column("ts", DateTime, primary_key=True),
+    Column("average", Float),
+    Column("maximum", Float),
+)
+
+costs_daily = Table(
+    "costs_daily",
+    metadata,
+    Column("resource_id", String(512), primary_key=True),
+    Column("usage_date", Date, primary_key=True),
+    Column("cost_type", String(16), primary_key=True),  # ActualCost | AmortizedCost
+    Column("meter_category", String(128), primary_key=True),
+    Column("cost", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+)
+
+findings = Table(
+    "findings",
+    metadata,
+    _run_id(),
+    Column("rule_id", String(64), primary_key=True),
+    Column("resource_id", String(512), primary_key=True),
+    Column("severity", String(8), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("monthly_saving", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("saving_basis", String(32), nullable=False),
+    Column("proposed_action", String(64)),
+    Column("exempt", Boolean, nullable=False, default=False),
+    Column("first_seen", DateTime, nullable=False),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("source_run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("actions", Integer, nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("plan_id", String(32), ForeignKey("plans.id"), nullable=False),
+    Column("action_index", Integer, nullable=False),
+    Column("resource_id", String(512), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("outcome", String(16), nullable=False),  # started | succeeded | noop | skipped | failed
+    Column("reason", Text),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("error", Text),
+)
+
+Index("ix_audit_plan", audit.c.plan_id, audit.c.action_index)
+Index("ix_costs_daily_date", costs_daily.c.usage_date)
+Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)
