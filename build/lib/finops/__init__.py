@@ -1,1 +1,0 @@
-"""finops: nightly cost governance for AI infrastructure on Azure."""
