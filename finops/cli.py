@@ -54,8 +54,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def guarded(command: Callable) -> Callable:
     """Turn expected failures into one line on stderr and a stable exit code."""
-    from azure.core.exceptions import AzureError, HttpResponseError
-
+    from finops.azure import AzureError, HttpResponseError
     from finops.remediate.plan import PlanError
     from finops.report.mail import MailError
     from finops.rules import UnknownRuleError
@@ -154,13 +153,18 @@ def _night(settings: Settings, source: str, with_rules: bool = True, simulation=
     return nightly(settings, source, with_rules, simulation)
 
 
+def _finish(result) -> None:
+    """Print the report's path; a partial night is stored and reported, but exits 1."""
+    typer.echo(result.report or f"run {result.run_id} collected")
+    if result.missing:
+        raise _fail(f"night {result.run_id} stored with {result.missing}", EXIT_FAILED)
+
+
 @app.command()
 @guarded
 def run(config: ConfigOption = None) -> None:
     """The nightly job against Azure: collect, store, rules, report."""
-    settings = load_settings(config)
-    result = _night(settings, "azure")
-    typer.echo(result.report)
+    _finish(_night(load_settings(config), "azure"))
 
 
 @app.command()
@@ -169,8 +173,7 @@ def demo(config: ConfigOption = None, seed: SeedOption = 7, vms: VmsOption = 60)
     """The whole nightly job against a simulated estate, no Azure account needed."""
     settings = load_settings(config)
     with _simulated(settings, seed, vms) as (simulated, _):
-        result = _night(simulated, "simulated", simulation={"seed": seed, "vms": vms})
-    typer.echo(result.report)
+        _finish(_night(simulated, "simulated", simulation={"seed": seed, "vms": vms}))
 
 
 @app.command()
@@ -192,9 +195,7 @@ def schedule(config: ConfigOption = None) -> None:
 @guarded
 def collect(config: ConfigOption = None) -> None:
     """Collect one night from Azure into the store, without rules or report."""
-    settings = load_settings(config)
-    result = _night(settings, "azure", with_rules=False)
-    typer.echo(f"run {result.run_id} collected")
+    _finish(_night(load_settings(config), "azure", with_rules=False))
 
 
 def _latest_run(engine: Engine, statuses: tuple[str, ...]) -> int:
@@ -224,7 +225,7 @@ def analyze(
 
     settings = load_settings(config)
     engine = _upgraded_store(settings)
-    run_id = _latest_run(engine, ("collected", "succeeded"))
+    run_id = _latest_run(engine, ("collected", "succeeded", "partial"))
     with engine.begin() as conn:
         findings = analyze_run(conn, run_id, settings, rule)
         conn.execute(
@@ -250,7 +251,7 @@ def report(
     if send and not settings.mail.enabled:
         raise UsageError("--send needs mail settings: set FINOPS_MAIL__SMTP_HOST and recipients")
     engine = _upgraded_store(settings)
-    made = produce(engine, settings, _latest_run(engine, ("succeeded",)))
+    made = produce(engine, settings, _latest_run(engine, ("succeeded", "partial")))
     if send:
         mail_report(made, settings)
     typer.echo(made.path)

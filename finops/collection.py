@@ -22,6 +22,7 @@ class Collection:
     schedules: list[Row] = field(default_factory=list)
     metrics: list[Row] = field(default_factory=list)
     costs: list[Row] = field(default_factory=list)
+    failures: list[Row] = field(default_factory=list)  # source, scope, error: what is missing
 
     def counts(self) -> dict[str, int]:
         return {

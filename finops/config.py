@@ -48,6 +48,9 @@ class RuleSettings(BaseModel):
     idle_min_hours: int = Field(
         24, ge=1, description="idle-gpu-vm: hours of metrics the window must hold for a verdict"
     )
+    idle_max_data_age_hours: int = Field(
+        3, ge=1, description="idle-gpu-vm: no verdict when the newest metric is older than this"
+    )
     working_hours: str = Field(
         "08:00-20:00", description="gpu-vm-no-auto-shutdown: the hours a GPU VM is needed"
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from finops import rules
-from finops.azure import costs, inventory, metrics
+from finops.azure import COLLECTION_ERRORS, costs, inventory, metrics
 from finops.azure.clients import AzureClients
 from finops.collection import Collection
 from finops.config import Settings
@@ -41,7 +41,28 @@ def step(name: str) -> Iterator[dict]:
     log.info("%s done in %.2fs %s", name, time.perf_counter() - started, counts)
 
 
+@contextmanager
+def tolerated(
+    night: Collection, source: str, scope: str, resources: list[str] | None = None
+) -> Iterator[None]:
+    """A failure of one source for one scope is recorded (with the resources it leaves without
+    data), and the rest of the night goes on."""
+    try:
+        yield
+    except COLLECTION_ERRORS as e:
+        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        failure = {"source": source, "scope": scope, "error": error}
+        if resources:
+            failure["resources"] = resources
+        night.failures.append(failure)
+        log.warning("%s for %s not collected: %s", source, scope, error)
+
+
 def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collection:
+    """Collect the night. One subscription's inventory, one metrics batch or one subscription's
+    cost may fail without losing the rest: each failure is recorded in `night.failures`, and a
+    subscription whose inventory failed is left out whole (its VMs without their schedules
+    would all look unscheduled)."""
     now = now.replace(minute=0, second=0, microsecond=0)
     night = Collection(
         metrics_start=now - timedelta(days=settings.metrics_days),
@@ -52,17 +73,22 @@ def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collect
     with step("collect subscriptions") as info:
         night.subscriptions = inventory.subscriptions(clients, settings.subscriptions)
         info["subscriptions"] = len(night.subscriptions)
-    sub_ids = [s["subscription_id"] for s in night.subscriptions]
+    sub_ids = []
     with step("collect inventory") as info:
-        for sub in sub_ids:
-            night.vms += inventory.vms(clients, sub)
-            night.schedules += inventory.schedules(clients, sub)
+        for sub in (s["subscription_id"] for s in night.subscriptions):
+            with tolerated(night, "inventory", f"subscription {sub}"):
+                vms, schedules = inventory.vms(clients, sub), inventory.schedules(clients, sub)
+                night.vms += vms
+                night.schedules += schedules
+                sub_ids.append(sub)
         regions = {vm["location"] for vm in night.vms}
         if sub_ids and regions:
-            night.vm_sizes = inventory.vm_sizes(clients, sub_ids[0], regions)
+            with tolerated(night, "vm sizes", "all regions"):
+                night.vm_sizes = inventory.vm_sizes(clients, sub_ids[0], regions)
         for sub in sub_ids:
             sub_regions = {vm["location"] for vm in night.vms if vm["subscription_id"] == sub}
-            night.quotas += inventory.quotas(clients, sub, sub_regions)
+            with tolerated(night, "quotas", f"subscription {sub}"):
+                night.quotas += inventory.quotas(clients, sub, sub_regions)
         info.update(
             vms=len(night.vms),
             schedules=len(night.schedules),
@@ -72,14 +98,16 @@ def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collect
     gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
     gpu_vms = [vm for vm in night.vms if vm["size"].lower() in gpu_sizes]
     with step("collect metrics") as info:
-        if gpu_vms:
-            night.metrics = list(
-                metrics.hourly(clients, gpu_vms, night.metrics_start, night.metrics_end)
-            )
+        for region, ids in metrics.batches(gpu_vms):
+            with tolerated(night, "metrics", f"{len(ids)} GPU VMs in {region}", ids):
+                night.metrics += metrics.hourly_batch(
+                    clients, region, ids, night.metrics_start, night.metrics_end
+                )
         info.update(gpu_vms=len(gpu_vms), points=len(night.metrics))
     with step("collect costs") as info:
         for sub in sub_ids:
-            night.costs += costs.daily(clients, sub, night.cost_start, night.cost_end)
+            with tolerated(night, "costs", f"subscription {sub}"):
+                night.costs += list(costs.daily(clients, sub, night.cost_start, night.cost_end))
         info["rows"] = len(night.costs)
     return night
 
@@ -89,6 +117,7 @@ class NightResult:
     run_id: int
     findings: int
     report: Path | None
+    missing: str | None = None  # what could not be collected, when the night is partial
 
 
 def start_run(engine: Engine, source: str, now: datetime, simulation: dict | None = None) -> int:
@@ -132,7 +161,11 @@ def fail_interrupted_runs(engine: Engine) -> None:
 
 def run_context(conn: Connection, run_id: int) -> rules.RunContext:
     run = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).one()
-    return rules.RunContext(run_id, run.metrics_start, run.metrics_end, run.cost_end)
+    failures = (run.counts or {}).get("failures", [])
+    unmeasured = frozenset(
+        rid for f in failures if f["source"] == "metrics" for rid in f.get("resources", [])
+    )
+    return rules.RunContext(run_id, run.metrics_start, run.metrics_end, run.cost_end, unmeasured)
 
 
 def store_findings(conn: Connection, run_id: int, findings: list[rules.Finding]) -> None:
@@ -140,7 +173,7 @@ def store_findings(conn: Connection, run_id: int, findings: list[rules.Finding])
     table = schema.findings
     previous_run = conn.execute(
         select(func.max(schema.runs.c.id)).where(
-            schema.runs.c.id < run_id, schema.runs.c.status == "succeeded"
+            schema.runs.c.id < run_id, schema.runs.c.status.in_(schema.ANALYSED)
         )
     ).scalar()
     first_seen = {
@@ -194,19 +227,31 @@ def store_night(
                 metrics_end=utc_naive(night.metrics_end),
                 cost_start=night.cost_start,
                 cost_end=night.cost_end,
+                counts={**counts, "failures": night.failures},
             )
         )
         findings = analyze(conn, run_id, settings) if with_rules else []
+        status = "collected" if not with_rules else "partial" if night.failures else "succeeded"
         conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
             .values(
-                status="succeeded" if with_rules else "collected",
+                status=status,
                 finished_at=utc_naive(datetime.now(UTC)),
-                counts={**counts, "findings": len(findings)},
+                counts={**counts, "findings": len(findings), "failures": night.failures},
+                error=missing_data(night.failures),
             )
         )
     return findings
+
+
+def missing_data(failures: list[dict]) -> str | None:
+    """One line naming what could not be collected, or None."""
+    if not failures:
+        return None
+    first = failures[0]
+    more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+    return f"missing data: {first['source']} for {first['scope']} ({first['error']}){more}"
 
 
 def run_night(
@@ -228,16 +273,17 @@ def run_night(
         try:
             night = collect(clients, settings, now)
             findings = store_night(engine, run_id, night, settings, with_rules)
+            missing = missing_data(night.failures)
         except BaseException as e:
             fail_run(engine, run_id, e)
             raise
     log.info("run %s succeeded: %s finding(s)", run_id, len(findings))
     if not with_rules:
-        return NightResult(run_id, len(findings), None)
+        return NightResult(run_id, len(findings), None, missing)
     report = produce(engine, settings, run_id)
     if settings.mail.enabled:
         mail_report(report, settings)
-    return NightResult(run_id, len(findings), report.path)
+    return NightResult(run_id, len(findings), report.path, missing)
 
 
 def mail_report(report: Report, settings: Settings) -> None:

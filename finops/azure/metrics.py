@@ -19,7 +19,8 @@ VM_NAMESPACE = "Microsoft.Compute/virtualMachines"
 CPU_METRIC = "Percentage CPU"
 
 
-def _batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
+def batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
+    """(region, up to 50 resource ids of one subscription and region) for each batch call."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for vm in vms:
         groups[(vm["subscription_id"], vm["location"])].append(vm["resource_id"])
@@ -28,36 +29,46 @@ def _batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
             yield region, ids[i : i + BATCH_SIZE]
 
 
-def hourly(clients: AzureClients, vms: list[Row], start: datetime, end: datetime) -> Iterator[Row]:
-    """Rows (resource_id, metric 'cpu'|'gpu', ts, average, maximum) for hours with data."""
+def hourly_batch(
+    clients: AzureClients, region: str, ids: list[str], start: datetime, end: datetime
+) -> list[Row]:
+    """Rows (resource_id, metric 'cpu'|'gpu', ts, average, maximum) for the hours with data of
+    one batch of VMs: one call for CPU, one for the GPU guest metric."""
     queries = [
         ("cpu", VM_NAMESPACE, CPU_METRIC),
         ("gpu", clients.settings.gpu_metric_namespace, clients.settings.gpu_metric_name),
     ]
-    for region, ids in _batches(vms):
-        client = clients.metrics(region)
-        for metric, namespace, name in queries:
-            results = client.query_resources(
-                resource_ids=ids,
-                metric_namespace=namespace,
-                metric_names=[name],
-                timespan=(start, end),
-                granularity=timedelta(hours=1),
-                aggregations=["Average", "Maximum"],
-            )
-            for result in results:
-                for series_metric in result.metrics:
-                    resource_id = series_metric.id.lower().split("/providers/microsoft.insights/")[
-                        0
-                    ]
-                    for series in series_metric.timeseries:
-                        for point in series.data:
-                            if point.average is None and point.maximum is None:
-                                continue
-                            yield {
+    client = clients.metrics(region)
+    rows = []
+    for metric, namespace, name in queries:
+        results = client.query_resources(
+            resource_ids=ids,
+            metric_namespace=namespace,
+            metric_names=[name],
+            timespan=(start, end),
+            granularity=timedelta(hours=1),
+            aggregations=["Average", "Maximum"],
+        )
+        for result in results:
+            for series_metric in result.metrics:
+                resource_id = series_metric.id.lower().split("/providers/microsoft.insights/")[0]
+                for series in series_metric.timeseries:
+                    for point in series.data:
+                        if point.average is None and point.maximum is None:
+                            continue
+                        rows.append(
+                            {
                                 "resource_id": resource_id,
                                 "metric": metric,
                                 "ts": point.timestamp,
                                 "average": point.average,
                                 "maximum": point.maximum,
                             }
+                        )
+    return rows
+
+
+def hourly(clients: AzureClients, vms: list[Row], start: datetime, end: datetime) -> Iterator[Row]:
+    """Every batch's rows, for callers that want all or nothing."""
+    for region, ids in batches(vms):
+        yield from hourly_batch(clients, region, ids, start, end)

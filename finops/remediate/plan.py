@@ -40,7 +40,7 @@ def checksum(plan: dict[str, Any]) -> str:
 def latest_run(conn: Connection) -> Any:
     run = conn.execute(
         select(schema.runs)
-        .where(schema.runs.c.status == "succeeded")
+        .where(schema.runs.c.status.in_(schema.ANALYSED))
         .order_by(schema.runs.c.id.desc())
         .limit(1)
     ).first()

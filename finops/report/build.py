@@ -206,7 +206,7 @@ def _top(active: list[dict[str, Any]], limit: int) -> tuple[list[dict], dict[str
 def _previous_run(conn: Connection, run: dict[str, Any]) -> int | None:
     runs = schema.runs
     return conn.execute(
-        select(func.max(runs.c.id)).where(runs.c.id < run["id"], runs.c.status == "succeeded")
+        select(func.max(runs.c.id)).where(runs.c.id < run["id"], runs.c.status.in_(schema.ANALYSED))
     ).scalar()
 
 

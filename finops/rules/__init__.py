@@ -31,6 +31,7 @@ class RunContext:
     metrics_start: datetime
     metrics_end: datetime
     cost_end: date  # the first day not yet complete (the run's UTC date)
+    unmeasured: frozenset[str] = frozenset()  # VMs whose metrics this night could not read
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import Connection, select
@@ -119,6 +119,7 @@ class Utilisation:
     hours: int
     average: float
     p95_max: float
+    newest: datetime
 
 
 def utilisation(
@@ -129,24 +130,27 @@ def utilisation(
     table = schema.metrics_hourly
     averages: dict[str, list[float]] = defaultdict(list)
     maxima: dict[str, list[float]] = defaultdict(list)
+    newest: dict[str, datetime] = {}
     for start in range(0, len(resource_ids), 500):
         rows = conn.execute(
-            select(table.c.resource_id, table.c.average, table.c.maximum).where(
+            select(table.c.resource_id, table.c.ts, table.c.average, table.c.maximum).where(
                 table.c.resource_id.in_(resource_ids[start : start + 500]),
                 table.c.metric == metric,
                 table.c.ts >= run.metrics_start,
                 table.c.ts < run.metrics_end,
             )
         )
-        for rid, average, maximum in rows:
+        for rid, ts, average, maximum in rows:
             if average is not None:
                 averages[rid].append(average)
+                newest[rid] = max(ts, newest.get(rid, ts))
             maxima[rid].append(maximum if maximum is not None else average)
     return {
         rid: Utilisation(
             hours=len(values),
             average=round(sum(values) / len(values), 2),
             p95_max=round(percentile(maxima[rid], 95), 2),
+            newest=newest[rid],
         )
         for rid, values in averages.items()
         if values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 from sqlalchemy import Connection
 
@@ -23,6 +24,7 @@ THRESHOLDS = (
     "idle_gpu_p95_percent",
     "idle_cpu_avg_percent",
     "idle_min_hours",
+    "idle_max_data_age_hours",
 )
 
 
@@ -33,8 +35,15 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
     gpu = utilisation(conn, run, "gpu", ids)
     cpu = utilisation(conn, run, "cpu", ids)
     costs = monthly_costs(conn, run, vms)
+    # Only data reaching close to tonight counts: when tonight's metrics could not be read, the
+    # nights before must not make a VM look idle (it may have got busy since).
+    fresh_after = run.metrics_end - timedelta(hours=t.idle_max_data_age_hours)
+    gpu = {rid: u for rid, u in gpu.items() if u.newest >= fresh_after}
+    cpu = {rid: u for rid, u in cpu.items() if u.newest >= fresh_after}
     for vm in vms:
         rid = vm["resource_id"]
+        if rid in run.unmeasured:
+            continue  # tonight's metrics failed for it: no verdict on older data
         g, c = gpu.get(rid), cpu.get(rid)
         if g and g.hours >= t.idle_min_hours:
             idle = g.average < t.idle_gpu_avg_percent and g.p95_max < t.idle_gpu_p95_percent

@@ -26,6 +26,9 @@ from sqlalchemy import (
 )
 
 Money = Numeric(18, 6, asdecimal=True)
+# Nights whose findings stand: complete ones, and partial ones (some source failed; the rules
+# judged only what was collected).
+ANALYSED = ("succeeded", "partial")
 metadata = MetaData(
     naming_convention={
         "pk": "pk_%(table_name)s",
@@ -45,7 +48,7 @@ runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("started_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
-    Column("status", String(16), nullable=False),  # running | succeeded | failed
+    Column("status", String(16), nullable=False),  # running|collected|succeeded|partial|failed
     Column("source", String(16), nullable=False),  # azure | simulated
     Column("metrics_start", DateTime),
     Column("metrics_end", DateTime),

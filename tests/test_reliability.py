@@ -1,0 +1,124 @@
+"""Partial failure is explicit: what failed is recorded, and no finding comes from missing data."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import select
+
+from finops.pipeline import run_night
+from finops.sim.estate import IDLE, NO_SHUTDOWN, STOPPED
+from finops.sim.server import Fault
+from finops.store import schema
+from tests.test_cli import finops
+from tests.test_jobs import sim_env
+from tests.test_remediate import World, world  # noqa: F401  (fixture)
+
+
+def test_no_idle_verdict_when_tonights_metrics_fail(world: World):  # noqa: F811
+    first = world.night()
+    idle = {(r, n) for r, n in world.findings(first.run_id) if r == IDLE}
+    assert len(idle) == len(world.estate.expected(IDLE))
+    # Tonight the metrics API refuses every call; last night's metrics still cover 6 of the
+    # 7 days of the window, and must not be enough to call anything idle.
+    world.sim.inject(Fault("metrics", status=403, count=None))
+    second = run_night(world.engine, world.clients, world.settings, "azure")
+    assert second.missing.startswith("missing data: metrics for ")
+    found = world.findings(second.run_id)
+    assert not {f for f in found if f[0] == IDLE}
+    # what does not depend on metrics is still found
+    assert {n for r, n in found if r == STOPPED} == {
+        world.estate.by_id[r].name for r in world.estate.expected(STOPPED)
+    }
+    with world.engine.connect() as conn:
+        run = conn.execute(select(schema.runs).where(schema.runs.c.id == second.run_id)).one()
+    assert run.status == "partial"
+    assert {f["source"] for f in run.counts["failures"]} == {"metrics"}
+    html = second.report.read_text()
+    assert "Data missing tonight" in html and "metrics for" in html
+
+
+def test_a_subscription_whose_inventory_fails_is_left_out_whole(sim, estate, tmp_path):
+    broken = estate.subscriptions[2].subscription_id
+    fault = sim.inject(Fault("schedules", status=403, match=broken, count=None))
+    try:
+        db_url = f"sqlite:///{tmp_path / 'finops.db'}"
+        result = finops("run", cwd=tmp_path, env=sim_env(sim, db_url))
+    finally:
+        sim.faults.remove(fault)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("finops:")]
+    assert errors == [
+        f"finops: night 1 stored with missing data: inventory for subscription {broken} "
+        "(HttpResponseError: (InjectedFault) simulated 403)"
+    ]
+    report = result.stdout.strip().splitlines()[-1]
+    assert report.endswith(".html")
+    with sqlite3.connect(tmp_path / "finops.db") as db:
+        subs = {r[0] for r in db.execute("select distinct subscription_id from vms")}
+        rules = db.execute("select rule_id, resource_id from findings").fetchall()
+        status = db.execute("select status from runs").fetchone()[0]
+    assert status == "partial"
+    assert broken not in subs and len(subs) == 2
+    # its busy VMs without a schedule are not reported as unscheduled: they are not judged
+    assert not [r for r in rules if broken in r[1]]
+    assert any(rule == NO_SHUTDOWN for rule, _ in rules) or any(rule == IDLE for rule, _ in rules)
+
+
+def test_no_secret_reaches_logs_reports_plans_the_store_or_errors(tmp_path, postgres_server):
+    from aiosmtpd.controller import Controller
+    from sqlalchemy import create_engine, inspect, text
+
+    from tests.conftest import _fresh_pg_database
+    from tests.test_mail import PASSWORD, Inbox, _authenticator, _free_port
+
+    db_canary = "canary-db-pw-41c9"
+    secret_canary = "canary-client-secret-93be"
+    url = _fresh_pg_database(postgres_server).replace("postgres@", f"postgres:{db_canary}@")
+    inbox = Inbox()
+    smtp = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        authenticator=_authenticator,
+        auth_require_tls=False,
+    )
+    smtp.start()
+    env = {
+        "FINOPS_DB_URL": url,
+        "AZURE_CLIENT_SECRET": secret_canary,
+        "AZURE_CLIENT_ID": "00000000-0000-4000-8000-0000000000c1",
+        "AZURE_TENANT_ID": "00000000-0000-4000-8000-0000000000c2",
+        "FINOPS_MAIL__SMTP_HOST": "127.0.0.1",
+        "FINOPS_MAIL__SMTP_PORT": str(smtp.port),
+        "FINOPS_MAIL__SECURITY": "none",
+        "FINOPS_MAIL__USERNAME": "finops",
+        "FINOPS_MAIL__PASSWORD": PASSWORD,
+        "FINOPS_MAIL__RECIPIENTS": '["lead@example.test"]',
+    }
+    try:
+        outputs = [finops("-v", "demo", cwd=tmp_path, env=env)]
+        outputs.append(finops("-v", "plan", cwd=tmp_path, env=env))
+        outputs.append(finops("-v", "runs", cwd=tmp_path, env=env))
+        bad_db = {**env, "FINOPS_DB_URL": f"postgresql+psycopg://u:{db_canary}@127.0.0.1:1/x"}
+        outputs.append(finops("-v", "runs", cwd=tmp_path, env=bad_db))
+    finally:
+        smtp.stop()
+    assert [o.returncode for o in outputs] == [0, 0, 0, 1]
+    assert "DEBUG" in outputs[0].stderr  # debug logging was on
+    assert len(inbox.envelopes) == 1  # the login with the password worked
+    texts = [o.stdout + o.stderr for o in outputs]
+    texts += [
+        p.read_text(errors="replace")
+        for p in (tmp_path / "reports").rglob("*")
+        if p.is_file() and p.suffix in (".html", ".json")
+    ]
+    texts.append(inbox.envelopes[0].content.decode(errors="replace"))
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        for table in inspect(conn).get_table_names():
+            texts += [str(tuple(row)) for row in conn.execute(text(f'SELECT * FROM "{table}"'))]
+    engine.dispose()
+    for canary in (db_canary, secret_canary, PASSWORD):
+        leaks = [t[:200] for t in texts if canary in t]
+        assert not leaks, f"{canary} leaked: {leaks[:1]}"
