@@ -195,7 +195,14 @@ class AzureSettings(BaseModel):
         "telegraf/nvidia_smi", description="custom metric namespace of the GPU guest metric"
     )
     gpu_metric_name: str = Field("utilization_gpu", description="GPU utilisation metric name")
-    timeout_seconds: int = Field(60, ge=1, description="read timeout of one Azure call")
+    timeout_seconds: float = Field(60, gt=0, description="read timeout of one Azure request")
+    retries: int = Field(4, ge=0, le=10, description="retries of a throttled or failed request")
+    retry_backoff_max_seconds: float = Field(
+        60, gt=0, description="longest wait between two tries (Retry-After included)"
+    )
+    retry_budget_seconds: float = Field(
+        600, gt=0, description="longest time one Azure call may take, retries included"
+    )
     credential: Literal["default", "simulated"] = Field(
         "default",
         description="default: DefaultAzureCredential; simulated: a fixed token the simulator "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
+import pytest
 from sqlalchemy import select
 
 from finops.pipeline import run_night
@@ -122,3 +124,77 @@ def test_no_secret_reaches_logs_reports_plans_the_store_or_errors(tmp_path, post
     for canary in (db_canary, secret_canary, PASSWORD):
         leaks = [t[:200] for t in texts if canary in t]
         assert not leaks, f"{canary} leaked: {leaks[:1]}"
+
+
+def _collect(sim, **azure):
+    from finops.azure.clients import AzureClients, StaticTokenCredential
+    from finops.pipeline import collect
+    from tests.conftest import sim_settings
+
+    settings = sim_settings(sim)
+    settings = settings.model_copy(update={"azure": settings.azure.model_copy(update=azure)})
+    clients = AzureClients(StaticTokenCredential(), settings.azure)
+    started = time.perf_counter()
+    night = collect(clients, settings, sim.estate.now)
+    return night, time.perf_counter() - started
+
+
+FAST = {"retry_backoff_max_seconds": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("fault", "extra_requests"),
+    [
+        (Fault("costs", status=429, headers={"Retry-After": "1"}, count=2), 2),
+        # Cost Management's own throttling answer: no Retry-After, a POST (azure-core alone
+        # would fail on the first 429)
+        (
+            Fault(
+                "costs",
+                status=429,
+                count=1,
+                headers={"x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after": "1"},
+            ),
+            1,
+        ),
+        (Fault("vms", status=503, count=2), 2),
+        (Fault("schedules", status=500, count=1), 1),
+        (Fault("usages", kind="reset", count=1), 1),
+        (Fault("vms", skip=1, status=502, count=1), 1),  # a page chain broken once, mid-way
+    ],
+)
+def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_requests):
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    estate = Estate(seed=7, vms=60)
+    with SimServer(estate, page_size=25, cost_page_size=1000) as sim:
+        clean, _ = _collect(sim, **FAST)
+        baseline = sum(sim.requests.values())
+        sim.requests.clear()
+        sim.inject(fault)
+        night, _ = _collect(sim, **FAST)
+        assert night.failures == []
+        assert sum(sim.requests.values()) == baseline + extra_requests
+        assert len(night.vms) == len(clean.vms) and len(night.costs) == len(clean.costs)
+        assert len(night.metrics) == len(clean.metrics)
+
+
+@pytest.mark.parametrize(
+    ("fault", "source"),
+    [
+        (Fault("metrics", kind="truncate", count=1), "metrics"),
+        (Fault("vms", skip=1, status=500, count=None), "inventory"),  # broken for good
+        (Fault("schedules", delay=3.0, count=None), "inventory"),  # slower than the timeout
+    ],
+)
+def test_lasting_faults_give_up_within_the_budget_and_are_recorded(fault, source):
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    with SimServer(Estate(seed=7, vms=60), page_size=25) as sim:
+        sim.inject(fault)
+        night, took = _collect(sim, timeout_seconds=1, retry_budget_seconds=4, retries=3, **FAST)
+        sim.faults.clear()
+    assert night.failures and {f["source"] for f in night.failures} == {source}
+    assert took < 30

@@ -16,6 +16,7 @@ from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.resource.subscriptions import SubscriptionClient
 from azure.monitor.querymetrics import MetricsClient
 
+from finops.azure.retry import FinopsRetryPolicy
 from finops.config import AzureSettings
 
 
@@ -76,20 +77,29 @@ class AzureClients:
         self.costs = cache(self._costs)
         self.metrics = cache(self._metrics)
 
+    def options(self) -> dict[str, Any]:
+        """Client options: endpoint, trust, timeouts, and a retry policy of its own."""
+        retry = FinopsRetryPolicy(
+            retry_total=self.settings.retries,
+            retry_backoff_max=self.settings.retry_backoff_max_seconds,
+            timeout=self.settings.retry_budget_seconds,
+        )
+        return {**self._options, "retry_policy": retry}
+
     def _subscription(self) -> SubscriptionClient:
-        return SubscriptionClient(self.credential, **self._options)
+        return SubscriptionClient(self.credential, **self.options())
 
     def _compute(self, subscription_id: str) -> ComputeManagementClient:
-        return ComputeManagementClient(self.credential, subscription_id, **self._options)
+        return ComputeManagementClient(self.credential, subscription_id, **self.options())
 
     def _devtestlabs(self, subscription_id: str) -> DevTestLabsClient:
-        return DevTestLabsClient(self.credential, subscription_id, **self._options)
+        return DevTestLabsClient(self.credential, subscription_id, **self.options())
 
     def _resources(self, subscription_id: str) -> ResourceManagementClient:
-        return ResourceManagementClient(self.credential, subscription_id, **self._options)
+        return ResourceManagementClient(self.credential, subscription_id, **self.options())
 
     def _costs(self) -> CostManagementClient:
-        return CostManagementClient(self.credential, **self._options)
+        return CostManagementClient(self.credential, **self.options())
 
     def actor(self) -> str:
         """Who the credential is (user, app or managed identity), read from its token's claims;
@@ -114,7 +124,7 @@ class AzureClients:
 
     def _metrics(self, region: str) -> MetricsClient:
         endpoint = self.settings.metrics_endpoint.replace("{region}", region)
-        options = {k: v for k, v in self._options.items() if k != "base_url"}
+        options = {k: v for k, v in self.options().items() if k != "base_url"}
         return MetricsClient(endpoint, self.credential, **options)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -45,8 +46,9 @@ class ApiError(Exception):
 
 @dataclass
 class Fault:
-    """Answer `status` (or wait `delay` seconds first) to requests of `route` whose path
-    contains `match`, `count` times (None: every time)."""
+    """A fault for requests of `route` whose path contains `match`: after letting `skip` of
+    them through, `count` of them (None: all) wait `delay` seconds, then get `status` with
+    `headers`, or (`kind`) have their connection reset or their JSON body cut in half."""
 
     route: str
     status: int | None = None
@@ -54,6 +56,8 @@ class Fault:
     count: int | None = 1
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    kind: str = "status"  # status | reset | truncate
+    skip: int = 0
 
 
 class Route:
@@ -132,6 +136,9 @@ class SimServer:
         with self._lock:
             for fault in self.faults:
                 if fault.route == route and fault.match.lower() in path.lower():
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     if fault.count is not None:
                         fault.count -= 1
                         if fault.count <= 0:
@@ -139,7 +146,8 @@ class SimServer:
                     return fault
         return None
 
-    def dispatch(self, method: str, raw_path: str, body: bytes) -> tuple[str, Reply]:
+    def dispatch(self, method: str, raw_path: str, body: bytes) -> tuple[str, Reply, str]:
+        """(route name, reply, how to send it: status | reset | truncate)."""
         parts = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         for route in self.routes:
@@ -148,27 +156,28 @@ class SimServer:
                 continue
             version = query.get("api-version")
             if version not in route.versions:
-                return route.name, _error(
-                    400,
-                    "InvalidApiVersionParameter",
-                    f"The api-version '{version}' is invalid. The supported versions are "
-                    f"'{', '.join(sorted(route.versions))}'.",
+                supported = ", ".join(sorted(route.versions))
+                message = (
+                    f"The api-version '{version}' is invalid. "
+                    f"The supported versions are '{supported}'."
                 )
+                return route.name, _error(400, "InvalidApiVersionParameter", message), "status"
             fault = self._fault_for(route.name, parts.path)
             if fault and fault.delay:
                 time.sleep(fault.delay)
             if fault and fault.status:
                 reply = _error(fault.status, "InjectedFault", f"simulated {fault.status}")
-                return route.name, (reply[0], reply[1], dict(fault.headers))
+                return route.name, (reply[0], reply[1], dict(fault.headers)), "status"
             try:
                 payload = json.loads(body) if body else None
                 request = Request(self, parts.path, query, payload)
-                return route.name, route.handler(request, *match.groups())
+                reply = route.handler(request, *match.groups())
             except ApiError as e:
-                return route.name, _error(e.status, e.code, e.message)
+                reply = _error(e.status, e.code, e.message)
             except (ValueError, KeyError, TypeError) as e:
-                return route.name, _error(400, "BadRequest", f"Invalid request: {e}")
-        return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}")
+                reply = _error(400, "BadRequest", f"Invalid request: {e}")
+            return route.name, reply, fault.kind if fault else "status"
+        return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}"), "status"
 
 
 def _error(status: int, code: str, message: str) -> Reply:
@@ -185,15 +194,22 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            how = "status"
             if not self.headers.get("Authorization", "").startswith("Bearer "):
-                name, (status, payload, headers) = (
-                    "unauthorized",
-                    _error(401, "AuthenticationFailed", "Authentication failed: no bearer token."),
+                name = "unauthorized"
+                status, payload, headers = _error(
+                    401, "AuthenticationFailed", "Authentication failed: no bearer token."
                 )
             else:
-                name, (status, payload, headers) = sim.dispatch(method, self.path, body)
+                name, (status, payload, headers), how = sim.dispatch(method, self.path, body)
             sim.count(name)
+            if how == "reset":  # the connection drops without an answer
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             data = json.dumps(payload).encode() if payload is not None else b""
+            if how == "truncate":
+                data = data[: len(data) // 2]
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))

@@ -1,0 +1,38 @@
+"""azure-core's retry policy with what it lacks for a nightly job (see shared REFERENCE.md):
+
+- jittered back-off, so many clients retrying together do not retry in step;
+- Cost Management's throttling answer: a 429 that carries only
+  `x-ms-ratelimit-microsoft.costmanagement-{qpu,entity,tenant,clienttype}-retry-after`, on a POST,
+  which azure-core would not retry at all;
+- every wait bounded by `retry_backoff_max`, and the whole call by the `timeout` budget.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from azure.core.pipeline.policies import RetryPolicy
+
+RATE_LIMIT_HEADER = re.compile(r"x-ms-ratelimit-microsoft\.costmanagement-[a-z]+-retry-after", re.I)
+
+
+class FinopsRetryPolicy(RetryPolicy):
+    def get_backoff_time(self, settings) -> float:
+        return random.uniform(0.5, 1.0) * super().get_backoff_time(settings)
+
+    def get_retry_after(self, response) -> float | None:
+        wait = super().get_retry_after(response)
+        if wait is None:
+            waits = [
+                float(value)
+                for name, value in response.http_response.headers.items()
+                if RATE_LIMIT_HEADER.fullmatch(name) and value.replace(".", "", 1).isdigit()
+            ]
+            wait = max(waits) if waits else None
+        return None if wait is None else min(wait, self.backoff_max)
+
+    def is_retry(self, settings, response) -> bool:
+        if response.http_response.status_code == 429:  # throttled: nothing was done, even a POST
+            return True
+        return super().is_retry(settings, response)
