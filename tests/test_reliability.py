@@ -198,3 +198,73 @@ def test_lasting_faults_give_up_within_the_budget_and_are_recorded(fault, source
         sim.faults.clear()
     assert night.failures and {f["source"] for f in night.failures} == {source}
     assert took < 30
+
+
+@pytest.mark.parametrize("blocked_at", ["vms", "findings"])  # the first and last table written
+def test_a_night_killed_during_its_load_leaves_nothing_half_stored(
+    blocked_at, sim, postgres_server, tmp_path
+):
+    """The test holds a lock on one table, so the night blocks inside its load transaction
+    right there; it is killed at that point, and the store must hold none of that night."""
+    import signal
+
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import _fresh_pg_database
+    from tests.test_jobs import start, statuses, wait_for
+
+    url = _fresh_pg_database(postgres_server)
+    env = sim_env(sim, url)
+    assert finops("run", cwd=tmp_path, env=env).returncode == 0  # a first, complete night
+    engine = create_engine(url)
+
+    def count(table: str) -> int:
+        with engine.connect() as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+    before = {t: count(t) for t in ("vms", "metrics_hourly", "costs_daily", "findings")}
+    blocker = engine.connect()
+    blocker.begin()
+    blocker.execute(text(f"LOCK TABLE {blocked_at} IN ACCESS EXCLUSIVE MODE"))
+    night = start(["run"], tmp_path, env)
+    try:
+
+        def waiting_on_lock() -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND datname = current_database()"
+                        )
+                    ).scalar()
+                )
+
+        wait_for(waiting_on_lock, 90, f"the night to block on {blocked_at}")
+        night.send_signal(signal.SIGKILL)
+        night.wait(timeout=10)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    # the killed backend's transaction is rolled back by PostgreSQL
+    wait_for(lambda: not waiting_on_lock_after(engine), 30, "the killed session to end")
+    assert {t: count(t) for t in before} == before
+    assert finops("run", cwd=tmp_path, env=env).returncode == 0
+    assert [s for s, _ in statuses(url)] == ["succeeded", "failed", "succeeded"]
+    assert statuses(url)[1][1] == "interrupted: the process ended before the night was stored"
+    assert count("vms") == 2 * before["vms"]
+    engine.dispose()
+
+
+def waiting_on_lock_after(engine) -> bool:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' "
+                    "AND datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        )
