@@ -11,15 +11,21 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.config import Settings, load_settings
+from finops.pipeline import run_night
+from finops.remediate.apply import Applier
+from finops.remediate.plan import make_plan, save_plan
 from finops.sim.estate import Estate
 from finops.sim.server import SimServer
+from finops.store import schema
+from finops.store.db import engine_for
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +200,46 @@ def azurite(tmp_path_factory) -> Iterator[dict[str, str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@dataclass
+class World:
+    estate: Estate
+    sim: SimServer
+    settings: Settings
+    engine: Engine
+    clients: AzureClients
+
+    def night(self):
+        return run_night(self.engine, self.clients, self.settings, "azure")
+
+    def plan(self, **filters) -> tuple[dict, Path]:
+        with self.engine.begin() as conn:
+            plan = make_plan(conn, self.settings, **filters)
+            return plan, save_plan(conn, self.settings, plan)
+
+    def apply(self, plan: dict):
+        return Applier(self.engine, self.clients, self.settings, "tester").apply(plan)
+
+    def vm(self, name: str):
+        return next(v for v in self.estate.vms if v.name == name)
+
+    def findings(self, run_id: int) -> set[tuple[str, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(schema.findings.c.rule_id, schema.findings.c.resource_id).where(
+                    schema.findings.c.run_id == run_id, schema.findings.c.exempt.is_(False)
+                )
+            )
+            return {(r, rid.rsplit("/", 1)[1]) for r, rid in rows}
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    estate = Estate(seed=7, vms=60)
+    with SimServer(estate, page_size=50, cost_page_size=1000) as sim:
+        settings = sim_settings(
+            sim, db_url=f"sqlite:///{tmp_path / 'finops.db'}", reports_dir=tmp_path / "reports"
+        )
+        clients = AzureClients(StaticTokenCredential(), settings.azure)
+        yield World(estate, sim, settings, engine_for(settings.db_url), clients)

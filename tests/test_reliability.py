@@ -12,12 +12,12 @@ from finops.pipeline import run_night
 from finops.sim.estate import IDLE, NO_SHUTDOWN, STOPPED
 from finops.sim.server import Fault
 from finops.store import schema
+from tests.conftest import World
 from tests.test_cli import finops
 from tests.test_jobs import sim_env
-from tests.test_remediate import World, world  # noqa: F401  (fixture)
 
 
-def test_no_idle_verdict_when_tonights_metrics_fail(world: World):  # noqa: F811
+def test_no_idle_verdict_when_tonights_metrics_fail(world: World):
     first = world.night()
     idle = {(r, n) for r, n in world.findings(first.run_id) if r == IDLE}
     assert len(idle) == len(world.estate.expected(IDLE))

@@ -8,69 +8,21 @@ import signal
 import sqlite3
 import subprocess
 import time
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
-from finops.azure.clients import AzureClients, StaticTokenCredential
-from finops.config import Settings
-from finops.pipeline import run_night
-from finops.remediate.apply import Applier, read_plan, verify
-from finops.remediate.plan import PlanError, checksum, make_plan, save_plan
+from finops.remediate.apply import read_plan, verify
+from finops.remediate.plan import PlanError, checksum
 from finops.sim.estate import IDLE, NO_SHUTDOWN, STOPPED, Estate
-from finops.sim.server import Fault, SimServer
+from finops.sim.server import Fault
 from finops.store import schema
-from finops.store.db import engine_for
-from tests.conftest import sim_settings
+from tests.conftest import World
 from tests.test_cli import FINOPS, finops
 
 MUTATING = ("deallocate", "tags", "schedule-put")
-
-
-@dataclass
-class World:
-    estate: Estate
-    sim: SimServer
-    settings: Settings
-    engine: Engine
-    clients: AzureClients
-
-    def night(self):
-        return run_night(self.engine, self.clients, self.settings, "azure")
-
-    def plan(self, **filters) -> tuple[dict, Path]:
-        with self.engine.begin() as conn:
-            plan = make_plan(conn, self.settings, **filters)
-            return plan, save_plan(conn, self.settings, plan)
-
-    def apply(self, plan: dict):
-        return Applier(self.engine, self.clients, self.settings, "tester").apply(plan)
-
-    def vm(self, name: str):
-        return next(v for v in self.estate.vms if v.name == name)
-
-    def findings(self, run_id: int) -> set[tuple[str, str]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(schema.findings.c.rule_id, schema.findings.c.resource_id).where(
-                    schema.findings.c.run_id == run_id, schema.findings.c.exempt.is_(False)
-                )
-            )
-            return {(r, rid.rsplit("/", 1)[1]) for r, rid in rows}
-
-
-@pytest.fixture
-def world(tmp_path) -> World:
-    estate = Estate(seed=7, vms=60)
-    with SimServer(estate, page_size=50, cost_page_size=1000) as sim:
-        settings = sim_settings(
-            sim, db_url=f"sqlite:///{tmp_path / 'finops.db'}", reports_dir=tmp_path / "reports"
-        )
-        clients = AzureClients(StaticTokenCredential(), settings.azure)
-        yield World(estate, sim, settings, engine_for(settings.db_url), clients)
 
 
 def expected_pairs(estate: Estate) -> set[tuple[str, str]]:
