@@ -228,8 +228,10 @@ def analyze(
     run_id = _latest_run(engine, ("collected", "succeeded", "partial"))
     with engine.begin() as conn:
         findings = analyze_run(conn, run_id, settings, rule)
-        conn.execute(
-            update(schema.runs).where(schema.runs.c.id == run_id).values(status="succeeded")
+        conn.execute(  # a collected night is now analysed; a partial one stays partial
+            update(schema.runs)
+            .where(schema.runs.c.id == run_id, schema.runs.c.status == "collected")
+            .values(status="succeeded")
         )
     for f in findings:
         mark = " (exempt)" if f.exempt else ""

@@ -268,3 +268,16 @@ def waiting_on_lock_after(engine) -> bool:
                 )
             ).scalar()
         )
+
+
+def test_reanalysing_a_partial_night_keeps_it_partial(sim, estate, tmp_path):
+    broken = estate.subscriptions[2].subscription_id
+    fault = sim.inject(Fault("schedules", status=403, match=broken, count=None))
+    try:
+        env = sim_env(sim, f"sqlite:///{tmp_path / 'finops.db'}")
+        assert finops("run", cwd=tmp_path, env=env).returncode == 1
+    finally:
+        sim.faults.remove(fault)
+    assert finops("analyze", cwd=tmp_path, env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "finops.db") as db:
+        assert db.execute("select status from runs").fetchall() == [("partial",)]

@@ -50,12 +50,12 @@ def produce(engine: Engine, settings: Settings, run_id: int) -> Report:
     cid_domain = f"run{run_id}.finops"
     total = data.savings.get(data.currency)
     new = savings_by_currency(data.changes["new"]).get(data.currency)
-    subject = f"finops {data.date}: " + (
-        f"save {fmt(total, data.currency)}/month"
-        + (f" ({fmt(new, data.currency)} new)" if new else "")
-        if total
-        else "no savings found tonight"
-    )
+    if not total:
+        subject = f"finops {data.date}: no savings found tonight"
+    else:
+        subject = f"finops {data.date}: save {fmt(total, data.currency)}/month"
+        if new:
+            subject += f" ({fmt(new, data.currency)} new)"
     return Report(
         path=path.resolve(),
         subject=subject,
