@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Annotated
@@ -31,8 +32,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sim_app = typer.Typer(help="The simulated Azure estate.", no_args_is_help=True)
+costs_app = typer.Typer(help="Cost data.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
+app.add_typer(costs_app, name="costs")
 log = logging.getLogger("finops")
 
 ConfigOption = Annotated[
@@ -55,6 +58,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 def guarded(command: Callable) -> Callable:
     """Turn expected failures into one line on stderr and a stable exit code."""
     from finops.azure import AzureError, HttpResponseError
+    from finops.collection import CostFileError
     from finops.remediate.plan import PlanError
     from finops.report.mail import MailError
     from finops.rules import UnknownRuleError
@@ -63,7 +67,7 @@ def guarded(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError, UnknownRuleError, UsageError, PlanError) as e:
+        except (ConfigError, UnknownRuleError, UsageError, PlanError, CostFileError) as e:
             raise _fail(str(e), EXIT_USAGE) from None
         except LockHeld as e:
             raise _fail(str(e), EXIT_LOCKED) from None
@@ -124,10 +128,14 @@ def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settin
     """The settings pointed at a freshly started simulated estate, whose changes (applied
     plans) persist in .finops-sim/ from one command to the next."""
     from finops.sim.estate import Estate
+    from finops.sim.exports import write_focus_export
     from finops.sim.server import SimServer
 
     state = SIM_STATE_DIR / f"estate-seed{seed}-vms{vms}.json"
-    with SimServer(Estate(seed=seed, vms=vms, state_file=state)) as sim:
+    estate = Estate(seed=seed, vms=vms, state_file=state)
+    exports = SIM_STATE_DIR / f"exports-seed{seed}-vms{vms}"
+    write_focus_export(estate, exports, estate.now.date() - timedelta(days=settings.cost_days))
+    with SimServer(estate) as sim:
         azure = settings.azure.model_copy(
             update={
                 "arm_endpoint": sim.url,
@@ -136,8 +144,10 @@ def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settin
                 "credential": "simulated",
             }
         )
+        costs = settings.costs.model_copy(update={"exports": [str(exports)]})
         log.info("simulated estate (seed %s, %s VMs) at %s", seed, vms, sim.url)
-        yield settings.model_copy(update={"azure": azure, "subscriptions": []}), sim
+        update = {"azure": azure, "costs": costs, "subscriptions": []}
+        yield settings.model_copy(update=update), sim
 
 
 def _clients(settings: Settings):
@@ -189,6 +199,37 @@ def schedule(config: ConfigOption = None) -> None:
         return f"run {result.run_id}, {result.findings} finding(s), report {result.report}"
 
     serve(settings, night)
+
+
+@costs_app.command("import")
+@guarded
+def costs_import(
+    location: Annotated[
+        str, typer.Argument(help="A FOCUS export file or folder, or a Blob container URL.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Load FOCUS cost export files by hand: each file once, a changed file again. One bad
+    file and nothing is loaded."""
+    from finops.azure import focus
+    from finops.store.load import load_cost_file
+    from finops.store.lock import night_lock
+
+    settings = load_settings(config)
+    engine = _upgraded_store(settings)
+    files = focus.find(location, settings.azure)
+    if not files:
+        raise UsageError(f"no FOCUS export files (.csv, .csv.gz, .parquet) at {location}")
+    loaded = []
+    with night_lock(engine), engine.begin() as conn:
+        for file in files:
+            loaded.append((file.location, load_cost_file(conn, file, None)))
+    for where, rows in loaded:
+        typer.echo(f"unchanged, skipped: {where}" if rows is None else f"{rows} rows: {where}")
+    fresh = [rows for _, rows in loaded if rows is not None]
+    typer.echo(
+        f"{len(fresh)} file(s) loaded ({sum(fresh)} rows), {len(loaded) - len(fresh)} unchanged"
+    )
 
 
 @app.command()

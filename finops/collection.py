@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 Row = dict[str, Any]
+
+
+class CostFileError(ValueError):
+    """A cost export file that cannot be read: one line naming the file (and the row)."""
+
+
+@dataclass(frozen=True)
+class CostFile:
+    """One FOCUS export file, found but not yet read: `read()` streams its rows."""
+
+    location: str  # path or URL, without any query string
+    folder: str  # the files of one export run share it
+    fingerprint: str  # changes when the file does: size and mtime, or the blob's ETag
+    modified: datetime
+    read: Callable[[], Iterator[Row]] = field(compare=False, repr=False)
 
 
 @dataclass
@@ -22,6 +38,10 @@ class Collection:
     schedules: list[Row] = field(default_factory=list)
     metrics: list[Row] = field(default_factory=list)
     costs: list[Row] = field(default_factory=list)
+    # (subscription, cost type, first day, last day) each fetched from the Query API: the
+    # stored query rows of those windows are replaced by `costs`
+    cost_windows: list[tuple[str, str, date, date]] = field(default_factory=list)
+    cost_files: list[CostFile] = field(default_factory=list)
     failures: list[Row] = field(default_factory=list)  # source, scope, error: what is missing
 
     def counts(self) -> dict[str, int]:

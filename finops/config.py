@@ -57,6 +57,19 @@ class RuleSettings(BaseModel):
     working_days: list[str] = Field(
         ["mon", "tue", "wed", "thu", "fri"], description="gpu-vm-no-auto-shutdown: working days"
     )
+    anomaly_percent: float = Field(
+        50,
+        gt=0,
+        description="gpu-cost-anomaly: percent a day's GPU spend exceeds its trailing median by",
+    )
+    anomaly_min_amount: Decimal = Field(
+        Decimal(500),
+        ge=0,
+        description="gpu-cost-anomaly: and by more than this, in the billing currency",
+    )
+    anomaly_baseline_days: int = Field(
+        14, ge=3, le=60, description="gpu-cost-anomaly: days the trailing median is taken over"
+    )
 
     @field_validator("working_hours")
     @classmethod
@@ -108,6 +121,30 @@ class RemediationSettings(BaseModel):
         if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
             raise ValueError("must be an e-mail address")
         return value
+
+
+class CostSettings(BaseModel):
+    query: bool = Field(
+        True,
+        description="read daily cost from the Cost Management Query API (turn off when FOCUS "
+        "exports cover every subscription)",
+    )
+    refetch_days: int = Field(
+        3, ge=0, le=31, description="stored days fetched again each night: cost settles late"
+    )
+    exports: list[str] = Field(
+        [],
+        description="FOCUS export locations read each night: folders, files, or Blob URLs "
+        "(https://ACCOUNT.blob.core.windows.net/CONTAINER/FOLDER)",
+    )
+
+    @field_validator("exports")
+    @classmethod
+    def _locations(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v.startswith("http://")]
+        if bad:
+            raise ValueError(f"Blob URLs must be https://: {bad[0]!r}")
+        return [v.strip() for v in value if v.strip()]
 
 
 class MailSettings(BaseModel):
@@ -228,12 +265,13 @@ class Settings(BaseSettings):
     db_url: str = Field("sqlite:///finops.db", description="SQLAlchemy URL of the store")
     reports_dir: Path = Field(Path("reports"), description="where reports are written")
     metrics_days: int = Field(7, ge=1, le=30, description="days of hourly metrics the rules read")
-    cost_days: int = Field(30, ge=1, le=365, description="days of daily cost collected")
+    cost_days: int = Field(30, ge=1, le=365, description="days of daily cost kept up to date")
     report_top_vms: int = Field(20, ge=1, le=200, description="VMs listed in the report")
     currency: str = Field(
         "USD", description="currency the report leads with (billed costs keep their own)"
     )
     exempt_tag: str = Field("finops-exempt=true", description="tag name=value that exempts")
+    costs: CostSettings = CostSettings()
     rules: RuleSettings = RuleSettings()
     remediation: RemediationSettings = RemediationSettings()
     mail: MailSettings = MailSettings()

@@ -11,19 +11,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from finops import rules
-from finops.azure import COLLECTION_ERRORS, costs, inventory, metrics
+from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics
 from finops.azure.clients import AzureClients
 from finops.collection import Collection
 from finops.config import Settings
 from finops.report import Report, produce
 from finops.report.mail import MailError, send
 from finops.store import schema
+from finops.store.costs import QUERY
 from finops.store.db import upgrade
 from finops.store.load import load_night, utc_naive
 from finops.store.lock import night_lock
@@ -58,11 +59,39 @@ def tolerated(
         log.warning("%s for %s not collected: %s", source, scope, error)
 
 
-def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collection:
-    """Collect the night. One subscription's inventory, one metrics batch or one subscription's
-    cost may fail without losing the rest: each failure is recorded in `night.failures`, and a
-    subscription whose inventory failed is left out whole (its VMs without their schedules
-    would all look unscheduled)."""
+def query_start(stored: tuple[date, date] | None, first_needed: date, refetch_days: int) -> date:
+    """First day to ask the Query API for: the days not yet stored, and the last
+    `refetch_days` stored ones again (cost settles late)."""
+    if stored is None or stored[0] > first_needed:
+        return first_needed
+    return max(first_needed, stored[1] - timedelta(days=refetch_days - 1))
+
+
+def stored_query_days(engine: Engine) -> dict[tuple[str, str], tuple[date, date]]:
+    """(subscription, cost type) -> first and last day the store holds from the Query API."""
+    c = schema.costs_daily
+    query = (
+        select(
+            c.c.subscription_id, c.c.cost_type, func.min(c.c.usage_date), func.max(c.c.usage_date)
+        )
+        .where(c.c.source == QUERY)
+        .group_by(c.c.subscription_id, c.c.cost_type)
+    )
+    with engine.connect() as conn:
+        return {(sub, kind): (first, last) for sub, kind, first, last in conn.execute(query)}
+
+
+def collect(
+    clients: AzureClients,
+    settings: Settings,
+    now: datetime,
+    stored_costs: dict[tuple[str, str], tuple[date, date]] | None = None,
+) -> Collection:
+    """Collect the night. One subscription's inventory, one metrics batch, one subscription's
+    cost or one export location may fail without losing the rest: each failure is recorded in
+    `night.failures`, and a subscription whose inventory failed is left out whole (its VMs
+    without their schedules would all look unscheduled). Export files are found here and read
+    while the night is stored."""
     now = now.replace(minute=0, second=0, microsecond=0)
     night = Collection(
         metrics_start=now - timedelta(days=settings.metrics_days),
@@ -105,10 +134,17 @@ def collect(clients: AzureClients, settings: Settings, now: datetime) -> Collect
                 )
         info.update(gpu_vms=len(gpu_vms), points=len(night.metrics))
     with step("collect costs") as info:
-        for sub in sub_ids:
-            with tolerated(night, "costs", f"subscription {sub}"):
-                night.costs += list(costs.daily(clients, sub, night.cost_start, night.cost_end))
-        info["rows"] = len(night.costs)
+        for sub in sub_ids if settings.costs.query else []:
+            for cost_type in costs.COST_TYPES:
+                stored = (stored_costs or {}).get((sub, cost_type))
+                first = query_start(stored, night.cost_start, settings.costs.refetch_days)
+                with tolerated(night, "costs", f"{cost_type} of subscription {sub}"):
+                    night.costs += costs.daily(clients, sub, first, night.cost_end, cost_type)
+                    night.cost_windows.append((sub, cost_type, first, night.cost_end))
+        for location in settings.costs.exports:
+            with tolerated(night, "cost export", location):
+                night.cost_files += focus.find(location, settings.azure)
+        info.update(rows=len(night.costs), export_files=len(night.cost_files))
     return night
 
 
@@ -271,7 +307,7 @@ def run_night(
         run_id = start_run(engine, source, now, simulation)
         log.info("run %s started (source %s)", run_id, source)
         try:
-            night = collect(clients, settings, now)
+            night = collect(clients, settings, now, stored_query_days(engine))
             findings = store_night(engine, run_id, night, settings, with_rules)
             missing = missing_data(night.failures)
         except BaseException as e:

@@ -116,7 +116,7 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _fresh_pg_database(server_url: str) -> str:
+def fresh_pg_database(server_url: str) -> str:
     name = f"finops_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     for attempt in range(20):
@@ -137,7 +137,7 @@ def db_url(request, tmp_path: Path) -> str:
     """A fresh, empty store on each backend."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'finops.db'}"
-    return _fresh_pg_database(request.getfixturevalue("postgres_server"))
+    return fresh_pg_database(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finops.sim.estate import EXEMPT, IDLE, NO_SHUTDOWN, STOPPED, Estate
+from finops.sim.estate import ANOMALY, EXEMPT, IDLE, NO_SHUTDOWN, STOPPED, Estate
 
 FINOPS = str(Path(sys.executable).with_name("finops"))
 
@@ -58,6 +58,13 @@ def test_demo_reports_exactly_the_seeded_vms_and_is_repeatable(tmp_path):
     assert "(new tonight)" in html and "open 0 d" not in html
     for family in ("NC T4 v3", "NC A100 v4", "ND A100 v4", "ND H100 v5", "NV A10 v5"):
         assert re.search(f">{family}</td>", html)
+    # the crashed training job's resource group, and none of the near-misses
+    alerts = set(re.findall(r'<tr data-alert="([^"]+)" data-rules="gpu-cost-anomaly"', html))
+    assert alerts == estate.expected_groups(ANOMALY)
+    # costs from the Query API and from the simulator's FOCUS export, and they agree
+    assert re.search(r"FOCUS exports \([12] file\(s\)\) for 9\d;", html)
+    assert re.search(r"They agree on all 9\d subscription-day\(s\) both cover", html)
+    assert re.search(r"Month to date USD [\d,]+\.\d\d, forecast USD [\d,]+\.\d\d for", html)
 
     second = finops("demo", cwd=tmp_path)
     assert second.returncode == 0, second.stderr

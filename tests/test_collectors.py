@@ -126,16 +126,21 @@ def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
     end = estate.now.date()
     start = end - timedelta(days=30)
     before = sim.requests["costs"]
-    rows = list(costs.daily(clients, sub, start, end))
+    rows = costs.daily(clients, sub, start, end, "AmortizedCost")
     assert sim.requests["costs"] - before > 1  # more than one page
     vm = next(v for v in estate.vms_in(sub) if v.name == "train-nd-h100-stopped")
     day = end - timedelta(days=3)
     row = next(r for r in rows if r["resource_id"] == vm.id.lower() and r["usage_date"] == day)
-    assert row["cost"] == estate.daily_cost(vm, day) == Decimal("98.32") * 24
+    # covered by a reservation: amortized at 63 % of the list price, billed at nothing
+    assert row["cost"] == Decimal("98.32") * 24 * Decimal("0.63")
     assert isinstance(row["cost"], Decimal) and row["currency"] == "USD"
-    assert row["meter_category"] == "Virtual Machines"
+    assert row["meter_category"] == "Virtual Machines" and row["cost_type"] == "AmortizedCost"
+    assert (row["subscription_id"], row["resource_group"]) == (sub, "ml-training")
     keys = {(r["resource_id"], r["usage_date"], r["meter_category"]) for r in rows}
     assert len(keys) == len(rows)
+    billed = costs.daily(clients, sub, start, end, "ActualCost")
+    assert not [r for r in billed if r["resource_id"] == vm.id.lower() and r["cost"]]
+    assert all(r["resource_id"] for r in billed)  # the reservation purchase has no resource
 
 
 def test_unsupported_api_version_is_refused_like_arm(clients, estate):

@@ -71,12 +71,12 @@ def test_no_secret_reaches_logs_reports_plans_the_store_or_errors(tmp_path, post
     from aiosmtpd.controller import Controller
     from sqlalchemy import create_engine, inspect, text
 
-    from tests.conftest import _fresh_pg_database
+    from tests.conftest import fresh_pg_database
     from tests.test_mail import PASSWORD, Inbox, _authenticator, _free_port
 
     db_canary = "canary-db-pw-41c9"
     secret_canary = "canary-client-secret-93be"
-    url = _fresh_pg_database(postgres_server).replace("postgres@", f"postgres:{db_canary}@")
+    url = fresh_pg_database(postgres_server).replace("postgres@", f"postgres:{db_canary}@")
     inbox = Inbox()
     smtp = Controller(
         inbox,
@@ -210,10 +210,10 @@ def test_a_night_killed_during_its_load_leaves_nothing_half_stored(
 
     from sqlalchemy import create_engine, text
 
-    from tests.conftest import _fresh_pg_database
+    from tests.conftest import fresh_pg_database
     from tests.test_jobs import start, statuses, wait_for
 
-    url = _fresh_pg_database(postgres_server)
+    url = fresh_pg_database(postgres_server)
     env = sim_env(sim, url)
     assert finops("run", cwd=tmp_path, env=env).returncode == 0  # a first, complete night
     engine = create_engine(url)
@@ -281,3 +281,30 @@ def test_reanalysing_a_partial_night_keeps_it_partial(sim, estate, tmp_path):
     assert finops("analyze", cwd=tmp_path, env=env).returncode == 0
     with sqlite3.connect(tmp_path / "finops.db") as db:
         assert db.execute("select status from runs").fetchall() == [("partial",)]
+
+
+def test_cost_throttling_past_the_budget_is_a_clear_partial_night():
+    """Cost Management keeps answering 429 with its own retry header: the waits honour it, the
+    budget ends them, and the subscription's cost is reported missing with the reason."""
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    header = {"x-ms-ratelimit-microsoft.costmanagement-entity-retry-after": "1"}
+    estate = Estate(seed=7, vms=60)
+    sub = estate.subscriptions[1].subscription_id
+    with SimServer(estate, page_size=25, cost_page_size=1000) as sim:
+        sim.inject(Fault("costs", status=429, match=sub, count=None, headers=header))
+        night, took = _collect(sim, retry_budget_seconds=3, retries=10)
+        throttled = sim.requests["costs"]
+        sim.faults.clear()
+    assert {(f["source"], f["scope"]) for f in night.failures} == {
+        ("costs", f"ActualCost of subscription {sub}"),
+        ("costs", f"AmortizedCost of subscription {sub}"),
+    }
+    assert all("429" in f["error"] or "Too Many Requests" in f["error"] for f in night.failures)
+    assert took < 20
+    # the other subscriptions' cost is whole; the throttled one was retried, about once a second
+    assert {r["subscription_id"] for r in night.costs} == {
+        s.subscription_id for s in estate.subscriptions if s.subscription_id != sub
+    }
+    assert 4 <= throttled - 2 * (len(estate.subscriptions) - 1) <= 10

@@ -100,16 +100,7 @@ class Night:
                 )
         if daily_cost is not None:
             for d in range(1, 8):
-                self.c.costs.append(
-                    {
-                        "resource_id": rid(name),
-                        "usage_date": NOW.date() - timedelta(days=d),
-                        "cost_type": "ActualCost",
-                        "meter_category": "Virtual Machines",
-                        "cost": Decimal(daily_cost),
-                        "currency": "EUR",
-                    }
-                )
+                self.cost(name, d, daily_cost)
         if schedule:
             self.c.schedules.append(
                 {
@@ -120,6 +111,24 @@ class Night:
                     "time_zone": "UTC",
                 }
             )
+        return self
+
+    def cost(self, name, days_ago, amount, cost_type="ActualCost", currency="EUR"):
+        """One day's compute cost of a VM, as the Query API collector stores it."""
+        self.c.costs.append(
+            {
+                "source": "query",
+                "file_id": 0,
+                "resource_id": rid(name),
+                "usage_date": NOW.date() - timedelta(days=days_ago),
+                "cost_type": cost_type,
+                "meter_category": "Virtual Machines",
+                "subscription_id": SUB,
+                "resource_group": "rg",
+                "cost": Decimal(amount),
+                "currency": currency,
+            }
+        )
         return self
 
     def evaluate(self, db_url: str, **settings) -> dict[tuple[str, str], rules.Finding]:
@@ -285,3 +294,70 @@ def test_headline_leads_with_the_configured_currency_and_counts_each_vm_once():
         "EUR 90.00 a month can be saved on 1 GPU VMs (none of it new tonight)"
     )
     assert headline([], titles, "USD").startswith("No savings found tonight")
+
+
+def test_saving_uses_amortized_cost_where_a_reservation_covers_the_vm(db_url):
+    night = Night()
+    night.vm("reserved", state="stopped")
+    night.vm("payg", state="stopped")
+    for d in range(1, 8):
+        night.cost("reserved", d, "0", "ActualCost")  # usage covered: billed at nothing
+        night.cost("reserved", d, "55.536000", "AmortizedCost")  # 63 % of 88.152
+        night.cost("payg", d, "88.152000", "ActualCost")
+        night.cost("payg", d, "88.152000", "AmortizedCost")
+    found = night.evaluate(db_url)
+    reserved = found[(STOPPED, "reserved")]
+    assert reserved.saving_basis == "amortized"
+    assert reserved.monthly_saving == Decimal("1689.22")  # 55.536 x 730 / 24
+    assert "reservation" in reserved.evidence["cost_detail"]
+    payg = found[(STOPPED, "payg")]
+    assert payg.saving_basis == "billed" and payg.monthly_saving == Decimal("2681.29")
+
+
+ANOMALY = "gpu-cost-anomaly"
+
+
+def _spend_history(night, name, usual, yesterday, days=15):
+    night.vm(name, gpu=(60.0, 90.0), schedule="Enabled")
+    for d in range(2, days + 1):
+        night.cost(name, d, usual, "AmortizedCost")
+    night.cost(name, 1, yesterday, "AmortizedCost")
+
+
+def test_gpu_cost_anomaly_fires_above_both_thresholds_only(db_url):
+    night = Night()
+    # the resource group's usual day: 1,000; yesterday 1,000 + 600 (60 %, over 500): fires
+    _spend_history(night, "steady", "1000", "1000")
+    _spend_history(night, "jumped", "0", "600.01")
+    found = night.evaluate(db_url)
+    finding = found[(ANOMALY, "rg")]  # keyed by the last segment of the resource id
+    assert finding.resource_id == f"/subscriptions/{SUB}/resourcegroups/rg"
+    assert finding.monthly_saving == 0 and finding.saving_basis == "none"
+    evidence = finding.evidence
+    assert evidence["spend"] == "1600.01" and evidence["baseline_median"] == "1000.00"
+    assert evidence["excess"] == "600.01" and evidence["day"] == str(NOW.date() - timedelta(1))
+    assert [d["resource_id"] for d in evidence["drivers"]] == [rid("jumped")]
+    assert evidence["monthly_at_stake"] == "18250.30"  # 600.01 x 730 / 24
+    # one finding: the subscription's jump is the same money
+    assert [k for k in found if k[0] == ANOMALY] == [(ANOMALY, "rg")]
+
+
+@pytest.mark.parametrize(
+    ("usual", "yesterday", "why"),
+    [
+        ("1000", "1500", "exactly +50 %: not above the threshold"),
+        ("2000", "2900", "+900 is only 45 %"),
+        ("600", "1099", "+83 % but +499 is under 500"),
+    ],
+)
+def test_gpu_cost_anomaly_near_misses(db_url, usual, yesterday, why):
+    night = Night()
+    _spend_history(night, "vm", usual, yesterday)
+    assert not [k for k in night.evaluate(db_url) if k[0] == ANOMALY], why
+
+
+def test_gpu_cost_anomaly_thresholds_come_from_settings(db_url):
+    night = Night()
+    _spend_history(night, "vm", "1000", "1400")
+    tuned = night.evaluate(db_url, rules={"anomaly_percent": 30, "anomaly_min_amount": 300})
+    assert [k for k in tuned if k[0] == ANOMALY]

@@ -53,6 +53,10 @@ def _night(cost: str = "12.345678") -> Collection:
         ],
         costs=[
             {
+                "source": "query",
+                "file_id": 0,
+                "subscription_id": "s",
+                "resource_group": "rg",
                 "resource_id": RID,
                 "usage_date": date(2026, 11, d),
                 "cost_type": "ActualCost",
@@ -77,6 +81,40 @@ def test_migrations_build_exactly_the_schema(db_url):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
     assert diff == []
+
+
+def test_migration_0003_keeps_the_cost_history(db_url):
+    """0003 rebuilds costs_daily with its source and scope: the rows stored before stay."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from finops.store.db import SQL_DIR
+
+    engine = engine_for(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(SQL_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.execute(
+            text(
+                "INSERT INTO costs_daily (resource_id, usage_date, cost_type, meter_category, "
+                "cost, currency) VALUES (:rid, :day, 'ActualCost', 'Virtual Machines', "
+                "12.345678, 'EUR')"
+            ),
+            [{"rid": RID, "day": date(2026, 11, d)} for d in (1, 2)],
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(select(schema.costs_daily).order_by("usage_date")).all()
+    assert [(r.source, r.file_id, r.usage_date, r.currency) for r in rows] == [
+        ("query", 0, date(2026, 11, 1), "EUR"),
+        ("query", 0, date(2026, 11, 2), "EUR"),
+    ]
+    assert {(r.subscription_id, r.resource_group) for r in rows} == {(RID.split("/")[2], "rg")}
+    assert Decimal(str(rows[0].cost)) == Decimal("12.345678")
+    engine.dispose()
 
 
 def test_nights_keep_history_and_time_series_upsert(db_url):

@@ -12,7 +12,10 @@ from __future__ import annotations
 import random
 import re
 
+from azure.core.exceptions import ServiceResponseTimeoutError
 from azure.core.pipeline.policies import RetryPolicy
+
+LAST_STATUS = "finops_last_retried_status"
 
 RATE_LIMIT_HEADER = re.compile(r"x-ms-ratelimit-microsoft\.costmanagement-[a-z]+-retry-after", re.I)
 
@@ -33,6 +36,21 @@ class FinopsRetryPolicy(RetryPolicy):
         return None if wait is None else min(wait, self.backoff_max)
 
     def is_retry(self, settings, response) -> bool:
-        if response.http_response.status_code == 429:  # throttled: nothing was done, even a POST
-            return True
-        return super().is_retry(settings, response)
+        status = response.http_response.status_code
+        # throttled: nothing was done, so even a POST is retried
+        retry = status == 429 or super().is_retry(settings, response)
+        if retry:
+            response.context[LAST_STATUS] = status
+        return retry
+
+    def send(self, request):
+        try:
+            return super().send(request)
+        except ServiceResponseTimeoutError:
+            status = request.context.get(LAST_STATUS)
+            if status is None:
+                raise
+            raise ServiceResponseTimeoutError(
+                f"gave up after the retry budget of {self.timeout:g} s: Azure kept answering "
+                f"{status}{' (throttled)' if status == 429 else ''}"
+            ) from None

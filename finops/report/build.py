@@ -8,13 +8,14 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
 from finops.catalog import size_family
 from finops.config import Settings
 from finops.rules import registry
-from finops.rules.common import money
+from finops.rules.common import CENTS, money
 from finops.store import schema
+from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, counted, spend_type
 
 TREND_DAYS = 30
 QUOTA_WARN_PERCENT = 80
@@ -33,6 +34,8 @@ class ReportData:
     fleet: list[dict[str, Any]]
     quotas: list[dict[str, Any]]
     trend: dict[str, Any]
+    spend: dict[str, Any]  # month to date, forecast, per subscription, cost sources
+    alerts: list[dict[str, Any]]  # findings to investigate, with no saving of their own
     gpu_hours: dict[str, Any]
     freshness: dict[str, Any]
     findings: list[dict[str, Any]] = field(default_factory=list)
@@ -116,7 +119,12 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     gpu_ids = {rid for rid, vm in vms.items() if (s := sizes.get(vm["size"])) and s.gpus > 0}
     titles = {rule_id: module.TITLE for rule_id, module in registry().items()}
     rows = _findings(conn, run, vms, subs, titles)
-    active = [f for f in rows if not f["exempt"]]
+    alerts = [
+        f
+        for f in rows
+        if f["saving_basis"] == "none" and not f["monthly_saving"] and not f["exempt"]
+    ]
+    active = [f for f in rows if not f["exempt"] and f not in alerts]
     totals = savings_by_currency(active)
     currency = (
         settings.currency
@@ -124,8 +132,13 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         else max(totals.items(), key=lambda kv: kv[1])[0]
     )
     top, more = _top(active, settings.report_top_vms)
-    changes = _changes(conn, run, active)
+    changes = _changes(conn, run, active + alerts)
     line = headline(active, titles, settings.currency)
+    if alerts:
+        line += f" {len(alerts)} spend alert(s) to investigate: {alerts[0]['title']}."
+    spend = _spend(conn, run, subs, currency)
+    if spend["has_data"]:
+        line += f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
     if changes["resolved"]:
         line += (
             f" Resolved since the previous night: {len(changes['resolved'])} finding(s), "
@@ -142,7 +155,9 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         exempt=[f for f in rows if f["exempt"]],
         fleet=_fleet(conn, run, vms, sizes, gpu_ids, rows),
         quotas=_quotas(conn, run_id, subs),
-        trend=_trend(conn, run, gpu_ids, currency),
+        trend=spend["trend"],
+        spend=spend,
+        alerts=alerts,
         gpu_hours=_gpu_hours(conn, run, vms, sizes, gpu_ids, settings),
         freshness=_freshness(conn, run),
         findings=active,
@@ -239,7 +254,7 @@ def _changes(conn: Connection, run: dict[str, Any], active: list[dict]) -> dict[
 
 def _fleet(conn, run, vms, sizes, gpu_ids, findings) -> list[dict[str, Any]]:
     idle = {f["resource_id"] for f in findings if f["rule_id"] == "idle-gpu-vm"}
-    spend = _spend(conn, run, gpu_ids)
+    spend = _vm_spend(conn, run, gpu_ids)
     families: dict[str, dict[str, Any]] = {}
     for rid in gpu_ids:
         vm = vms[rid]
@@ -272,7 +287,7 @@ def _fleet(conn, run, vms, sizes, gpu_ids, findings) -> list[dict[str, Any]]:
     for entry in result:
         entry["cost_30d"] = fmt_totals(entry["cost"]) or "-"
         for key in ("gpus_busy", "gpus_idle", "gpus_off"):
-            entry[key] = entry[key].normalize()
+            entry[key] = f"{entry[key].normalize():f}"  # 10, 0.5: never 1E+1
     return result
 
 
@@ -281,16 +296,18 @@ def _cost_window(run: dict[str, Any]) -> tuple[date, date]:
     return end - timedelta(days=TREND_DAYS), end
 
 
-def _spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
-    cost = schema.costs_daily
+def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
+    """Each VM's spend over the trend window, per currency."""
+    cost = counted()
     first, end = _cost_window(run)
+    kind = spend_type(conn, first, end)
     spend: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     ordered = sorted(ids)
     for start in range(0, len(ordered), 500):
         for rid, amount, currency in conn.execute(
             select(cost.c.resource_id, cost.c.cost, cost.c.currency).where(
                 cost.c.resource_id.in_(ordered[start : start + 500]),
-                cost.c.cost_type == "ActualCost",
+                cost.c.cost_type == kind,
                 cost.c.usage_date >= first,
                 cost.c.usage_date < end,
             )
@@ -299,31 +316,122 @@ def _spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
     return spend
 
 
-def _trend(conn, run, gpu_ids: set[str], currency: str) -> dict[str, Any]:
-    """Daily cost of GPU VMs and of everything else over the last complete days."""
-    cost = schema.costs_daily
+def _gpu_vm_ids(run_id: int):
+    vms, sizes = schema.vms, schema.vm_sizes
+    return (
+        select(vms.c.resource_id)
+        .join(sizes, (sizes.c.run_id == vms.c.run_id) & (sizes.c.size == vms.c.size))
+        .where(vms.c.run_id == run_id, sizes.c.gpus > 0)
+    )
+
+
+def _month_end(day: date) -> date:
+    """The last day of the day's month."""
+    return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+
+
+def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
+    """Daily spend over the trend window, GPU VMs against the rest, per subscription; month to
+    date and the month's forecast (month to date plus the last 7 complete days' mean for each
+    day left). Amortized cost where the store has it."""
+    cost = counted()
     first, end = _cost_window(run)
+    month_start = (end - timedelta(days=1)).replace(day=1)
+    since = min(first, month_start)
+    kind = spend_type(conn, since, end)
+    is_gpu = case((cost.c.resource_id.in_(_gpu_vm_ids(run["id"])), True), else_=False)
+    query = (
+        select(cost.c.subscription_id, cost.c.usage_date, is_gpu, func.sum(cost.c.cost))
+        .where(
+            cost.c.cost_type == kind,
+            cost.c.currency == currency,
+            cost.c.usage_date >= since,
+            cost.c.usage_date < end,
+        )
+        .group_by(cost.c.subscription_id, cost.c.usage_date, is_gpu)
+    )
     days = [first + timedelta(days=i) for i in range((end - first).days)]
     gpu = dict.fromkeys(days, Decimal(0))
     rest = dict.fromkeys(days, Decimal(0))
-    for rid, day, amount in conn.execute(
-        select(cost.c.resource_id, cost.c.usage_date, cost.c.cost).where(
-            cost.c.cost_type == "ActualCost",
-            cost.c.currency == currency,
-            cost.c.usage_date >= first,
-            cost.c.usage_date < end,
+    per_sub: dict[str, dict[str, Any]] = {}
+    for sub, day, gpu_flag, amount in conn.execute(query):
+        amount = Decimal(str(amount))
+        entry = per_sub.setdefault(
+            sub, {"gpu": Decimal(0), "rest": Decimal(0), "daily": defaultdict(Decimal)}
         )
-    ):
-        (gpu if rid in gpu_ids else rest)[day] += Decimal(str(amount))
+        entry["daily"][day] += amount
+        if day >= first:
+            (gpu if gpu_flag else rest)[day] += amount
+            entry["gpu" if gpu_flag else "rest"] += amount
+    last_day = end - timedelta(days=1)
+    days_left = (_month_end(last_day) - last_day).days
+    run_rate_days = [last_day - timedelta(days=i) for i in range(7)]
+    rows = []
+    for sub, entry in per_sub.items():
+        daily = entry["daily"]
+        mtd = sum((v for d, v in daily.items() if d >= month_start), Decimal(0))
+        rate = sum((daily.get(d, Decimal(0)) for d in run_rate_days), Decimal(0)) / 7
+        rows.append(
+            {
+                "subscription": subs.get(sub, sub) if sub else "(no subscription)",
+                "gpu": entry["gpu"],
+                "rest": entry["rest"],
+                "mtd": mtd,
+                "forecast": mtd + rate * days_left,
+            }
+        )
+    rows.sort(key=lambda r: -(r["gpu"] + r["rest"]))
     total_gpu, total_rest = sum(gpu.values()), sum(rest.values())
+    mtd = sum((r["mtd"] for r in rows), Decimal(0))
+    forecast = sum((r["forecast"] for r in rows), Decimal(0))
     return {
-        "days": days,
-        "gpu": [gpu[d] for d in days],
-        "rest": [rest[d] for d in days],
+        "cost_type": "amortized" if kind == AMORTIZED else "actual (billed)",
         "currency": currency,
-        "total_gpu": fmt(total_gpu, currency),
-        "total_rest": fmt(total_rest, currency),
-        "has_data": bool(total_gpu or total_rest),
+        "month": f"{month_start:%B %Y}",
+        "mtd_amount": mtd,
+        "forecast_amount": forecast,
+        "mtd": fmt(mtd, currency),
+        "forecast": fmt(forecast, currency),
+        "subscriptions": rows,
+        "trend": {
+            "days": days,
+            "gpu": [gpu[d] for d in days],
+            "rest": [rest[d] for d in days],
+            "currency": currency,
+            "total_gpu": fmt(total_gpu, currency),
+            "total_rest": fmt(total_rest, currency),
+            "has_data": bool(total_gpu or total_rest),
+        },
+        "has_data": bool(rows),
+        "sources": _sources(conn, first, end),
+    }
+
+
+def _sources(conn, first: date, end: date) -> dict[str, Any]:
+    """What each cost source holds for the window, and whether they agree where both cover a
+    subscription's day (billed cost, complete days)."""
+    c = schema.costs_daily
+    totals: dict[tuple[str, date], dict[str, Decimal]] = defaultdict(dict)
+    for source, sub, day, amount in conn.execute(
+        select(c.c.source, c.c.subscription_id, c.c.usage_date, func.sum(c.c.cost))
+        .where(c.c.cost_type == ACTUAL, c.c.usage_date >= first, c.c.usage_date < end)
+        .group_by(c.c.source, c.c.subscription_id, c.c.usage_date)
+    ):
+        totals[(sub, day)][source] = Decimal(str(amount))
+    both = [(key, v[QUERY], v[FOCUS]) for key, v in totals.items() if len(v) == 2]
+    differ = sorted(
+        ((abs(q - f), key) for key, q, f in both if abs(q - f) > max(CENTS, abs(f) / 1000)),
+        reverse=True,
+    )
+    files = conn.execute(select(func.count()).select_from(schema.cost_files)).scalar_one()
+    return {
+        "query_days": sum(1 for v in totals.values() if QUERY in v),
+        "focus_days": sum(1 for v in totals.values() if FOCUS in v),
+        "files": files,
+        "compared": len(both),
+        "differ": len(differ),
+        "largest": (money(differ[0][0]), *differ[0][1]) if differ else None,
+        "largest_gap": money(max((abs(q - f) for _, q, f in both), default=Decimal(0))),
     }
 
 

@@ -43,7 +43,7 @@ class Finding:
     evidence: dict[str, Any]
     monthly_saving: Decimal
     currency: str
-    saving_basis: str  # billed | list-price | estimate-billed | estimate-list-price | none
+    saving_basis: str  # amortized | billed | list-price | none; estimate-* for estimates
     proposed_action: str | None = None
     exempt: bool = field(default=False, compare=False)
 

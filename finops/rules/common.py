@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select
 from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
 from finops.rules import RunContext
 from finops.store import schema
+from finops.store.costs import ACTUAL, AMORTIZED, counted
 
 BILLED_DAYS = 7
 COMPUTE_METER = "Virtual Machines"
@@ -48,7 +49,7 @@ def gpu_vms(conn: Connection, run: RunContext, power_states: Iterable[str]) -> l
 class MonthlyCost:
     amount: Decimal  # per month, unrounded
     currency: str
-    basis: str  # billed | list-price | none
+    basis: str  # amortized | billed | list-price | none
     detail: str
 
     def evidence(self) -> dict[str, str]:
@@ -61,46 +62,65 @@ class MonthlyCost:
 
 
 def monthly_costs(conn: Connection, run: RunContext, vms: list[dict]) -> dict[str, MonthlyCost]:
-    """Each VM's cost per month at its own billed rate, else at the catalog's list price.
+    """Each VM's cost per month at its own rate: amortized where a reservation or savings plan
+    makes it differ from the billed cost, else billed, else the catalog's list price.
 
-    The billed rate is the highest daily compute cost (ActualCost, meter category Virtual
-    Machines) of the last complete days: a day the VM ran throughout, at the customer's own
-    price. A mean would be dragged down by the day it was started and by a day not yet settled.
+    The rate is the highest daily compute cost (meter category Virtual Machines) of the last
+    complete days: a day the VM ran throughout, at the customer's own price. A mean would be
+    dragged down by the day it was started and by a day not yet settled.
     """
-    costs = schema.costs_daily
+    costs = counted()
     first = run.cost_end - timedelta(days=BILLED_DAYS)
     ids = [vm["resource_id"] for vm in vms]
-    daily: dict[str, dict] = defaultdict(lambda: defaultdict(Decimal))
+    daily: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(Decimal))
     currencies: dict[str, str] = {}
     for start in range(0, len(ids), 500):
         rows = conn.execute(
-            select(costs.c.resource_id, costs.c.usage_date, costs.c.cost, costs.c.currency).where(
+            select(
+                costs.c.resource_id,
+                costs.c.cost_type,
+                costs.c.usage_date,
+                costs.c.cost,
+                costs.c.currency,
+            ).where(
                 costs.c.resource_id.in_(ids[start : start + 500]),
-                costs.c.cost_type == "ActualCost",
+                costs.c.cost_type.in_((ACTUAL, AMORTIZED)),
                 costs.c.meter_category == COMPUTE_METER,
                 costs.c.usage_date >= first,
                 costs.c.usage_date < run.cost_end,
             )
         )
-        for rid, day, cost, currency in rows:
-            daily[rid][day] += Decimal(str(cost))
+        for rid, cost_type, day, cost, currency in rows:
+            daily[(rid, cost_type)][day] += Decimal(str(cost))
             currencies[rid] = currency
     result = {}
     for vm in vms:
         rid = vm["resource_id"]
-        days = daily.get(rid)
-        if days and max(days.values()) > 0:
-            top = max(days.values())
+        billed = daily.get((rid, ACTUAL), {})
+        amortized = daily.get((rid, AMORTIZED), {})
+        top_billed = max(billed.values(), default=Decimal(0))
+        top_amortized = max(amortized.values(), default=Decimal(0))
+        if top_amortized > 0 and abs(top_amortized - top_billed) >= CENTS:
+            currency = currencies[rid]
             result[rid] = MonthlyCost(
-                top * HOURS_PER_MONTH / 24,
-                currencies[rid],
-                "billed",
-                f"highest daily billed cost of the last {len(days)} day(s), "
-                f"{money(top)} {currencies[rid]}, x 730 h / 24",
+                top_amortized * HOURS_PER_MONTH / 24,
+                currency,
+                "amortized",
+                f"highest daily amortized cost of the last {len(amortized)} day(s), "
+                f"{money(top_amortized)} {currency}, x 730 h / 24 (billed "
+                f"{money(top_billed)} {currency} a day: a reservation or savings plan covers "
+                "it, so the saving is real once the commitment serves other VMs)",
             )
-            continue
-        catalog = gpu_size(vm["size"])
-        if catalog and catalog.monthly_list_price is not None:
+        elif top_billed > 0:
+            currency = currencies[rid]
+            result[rid] = MonthlyCost(
+                top_billed * HOURS_PER_MONTH / 24,
+                currency,
+                "billed",
+                f"highest daily billed cost of the last {len(billed)} day(s), "
+                f"{money(top_billed)} {currency}, x 730 h / 24",
+            )
+        elif (catalog := gpu_size(vm["size"])) and catalog.monthly_list_price is not None:
             result[rid] = MonthlyCost(
                 catalog.monthly_list_price,
                 CATALOG_CURRENCY,

@@ -24,6 +24,7 @@ from finops.catalog import gpu_size
 IDLE = "idle-gpu-vm"
 NO_SHUTDOWN = "gpu-vm-no-auto-shutdown"
 STOPPED = "gpu-vm-stopped-not-deallocated"
+ANOMALY = "gpu-cost-anomaly"  # on a VM: its resource group's GPU spend jumped because of it
 EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
 
 # Simulated list prices of the CPU sizes the estate uses (USD/hour; GPU prices come from the
@@ -93,6 +94,9 @@ class SimVM:
     schedule_time_zone: str = "UTC"
     tags: dict[str, str] = field(default_factory=dict)
     priority: str = "Regular"
+    # Share of the list price a reservation covering the VM costs (amortized), or None: no
+    # reservation. A covered VM's usage is billed at 0; the purchase carries no resource id.
+    reserved: Decimal | None = None
     os_type: str = "Linux"
     expect: frozenset[str] = frozenset()
     scenario: str = "filler"
@@ -185,7 +189,7 @@ class Estate:
                 on_since_h=60,
                 gpu=IDLE_GPU,
                 tags={**team, "workload": "training"},
-                expect=frozenset({IDLE, NO_SHUTDOWN}),
+                expect=frozenset({IDLE, NO_SHUTDOWN, ANOMALY}),
                 scenario="crashed training job",
             )
         add = self._add
@@ -308,8 +312,9 @@ class Estate:
             gpu=IDLE_GPU,
             schedule="Enabled",
             tags=team,
+            reserved=Decimal("0.63"),
             expect=frozenset({STOPPED}),
-            scenario="stopped, still billed",
+            scenario="stopped, still billed, covered by a reservation",
         )
         add(
             0,
@@ -423,6 +428,35 @@ class Estate:
             on_since_h=month,
             off_since_h=50,
             scenario="near-miss: stopped CPU VM",
+        )
+
+        add(
+            1,
+            "serving",
+            "serve-nd-a100-scaleout",
+            "eastus",
+            "Standard_ND96asr_v4",
+            "running",
+            on_since_h=36,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags={"owner": "lee", "cost-center": "cc-7200", "environment": "prod"},
+            scenario="near-miss: resource group GPU spend up 28 %, over 500 a day",
+        )
+        add(
+            2,
+            "notebooks",
+            "nb-nc-a100-new",
+            "eastus",
+            "Standard_NC48ads_A100_v4",
+            "running",
+            on_since_h=36,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags=team,
+            scenario="near-miss: resource group GPU spend up 93 %, under 500 a day",
         )
 
     def _fillers(self, rng: random.Random, count: int) -> None:
@@ -546,20 +580,46 @@ class Estate:
         key = self.seed * 1_000_003 + vm.index * 2 + (metric == "gpu")
         return profile.sample(key, int(hour.timestamp()) // 3600)
 
-    def daily_cost(self, vm: SimVM, day: date) -> Decimal:
-        """Billed compute cost of the VM on that UTC day (up to the estate's `now`)."""
+    def billed_hours(self, vm: SimVM, day: date) -> Decimal:
+        """Hours the VM was billed on that UTC day (up to the estate's `now`)."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         billed_from = self.now - timedelta(hours=vm.on_since_h)
         billed_to = self.now - timedelta(hours=vm.billed_until_h)
         lo, hi = max(start, billed_from), min(start + timedelta(days=1), billed_to)
-        hours = max(0.0, (hi - lo) / timedelta(hours=1))
-        return (vm.hourly_price * Decimal(hours)).quantize(Decimal("0.000001"))
+        return Decimal(max(0.0, (hi - lo) / timedelta(hours=1)))
+
+    def daily_cost(self, vm: SimVM, day: date, cost_type: str = "ActualCost") -> Decimal:
+        """The VM's compute cost on that UTC day: ActualCost (billed: 0 under a reservation),
+        AmortizedCost (the reservation's share), or ListCost."""
+        price = vm.hourly_price
+        if vm.reserved is not None and cost_type == "ActualCost":
+            price = Decimal(0)
+        elif vm.reserved is not None and cost_type == "AmortizedCost":
+            price = price * vm.reserved
+        return (price * self.billed_hours(vm, day)).quantize(Decimal("0.000001"))
 
     def storage_account_id(self, subscription_id: str) -> str:
         return (
             f"/subscriptions/{subscription_id}/resourceGroups/shared"
             f"/providers/Microsoft.Storage/storageAccounts/st{subscription_id[:8]}"
         )
+
+    def expected_groups(self, rule: str) -> set[str]:
+        """Lower-cased ids of the resource groups of the VMs labelled with `rule`."""
+        return {vm.id.lower().split("/providers/")[0] for vm in self.vms if rule in vm.expect}
+
+    def reservation_purchase(self, subscription_id: str, day: date) -> Decimal:
+        """Monthly reservation payments fall on the 1st; they carry no resource id."""
+        if day.day != 1:
+            return Decimal(0)
+        return sum(
+            (
+                vm.hourly_price * vm.reserved * 730
+                for vm in self.vms_in(subscription_id)
+                if vm.reserved is not None
+            ),
+            Decimal(0),
+        ).quantize(Decimal("0.000001"))
 
     def expected(self, rule: str) -> set[str]:
         """Lower-cased ids of the VMs the given rule (or EXEMPT) must name."""

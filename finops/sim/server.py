@@ -88,6 +88,8 @@ class SimServer:
         self.page_size = page_size
         self.cost_page_size = cost_page_size
         self.requests: Counter[str] = Counter()
+        # (subscription, cost type, first day, last day) of each cost query asked
+        self.cost_periods: list[tuple[str, str, Any, Any]] = []
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
         self._dir = tempfile.TemporaryDirectory(prefix="finops-sim-")
@@ -504,16 +506,22 @@ def cost_query(req: Request, scope: str) -> Reply:
     groups = [g["name"] for g in dataset.get("grouping", [])]
     if not set(groups) <= {"ResourceId", "MeterCategory", "ServiceName"}:
         raise ApiError(400, "BadRequest", f"Unsupported grouping {groups}.")
+    cost_type = body["type"]
+    if "$skiptoken" not in req.query:
+        req.sim.cost_periods.append((sub.subscription_id, cost_type, first, last))
     rows = []
     day = first
     while day <= min(last, estate.now.date()):
         number = int(day.strftime("%Y%m%d"))
         for vm in estate.vms_in(sub.subscription_id):
-            cost = estate.daily_cost(vm, day)
+            cost = estate.daily_cost(vm, day, cost_type)
             if cost:
                 rows.append(_cost_row(cost, number, vm.id.lower(), "Virtual Machines", groups))
         storage = estate.storage_account_id(sub.subscription_id).lower()
         rows.append(_cost_row(STORAGE_DAILY_COST, number, storage, "Storage", groups))
+        purchase = estate.reservation_purchase(sub.subscription_id, day)
+        if purchase and cost_type == "ActualCost":
+            rows.append(_cost_row(purchase, number, "", "Virtual Machines", groups))
         day += timedelta(days=1)
     columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
     columns += [{"name": g, "type": "String"} for g in groups]

@@ -43,10 +43,14 @@ def engine_for(url: str) -> Engine:
         raise StoreError(f"cannot use database {safe_url(url)}: {e}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite opens transactions late and on its own; let SQLAlchemy say BEGIN itself so
+        # that SAVEPOINTs (one per cost export file) nest inside the night's transaction.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")

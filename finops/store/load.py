@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from finops.collection import Collection, Row
+from finops.collection import Collection, CostFile, CostFileError, Row
 from finops.store import schema
+from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, LIST, QUERY
 
 CHUNK = 5000
 
@@ -37,8 +38,11 @@ def insert(conn: Connection, table: Table, rows: Iterable[Row], **extra: Any) ->
     return count
 
 
-def upsert(conn: Connection, table: Table, rows: Iterable[Row]) -> int:
-    """Insert, or update the non-key columns where the primary key already exists."""
+def upsert(
+    conn: Connection, table: Table, rows: Iterable[Row], accumulate: Sequence[str] = ()
+) -> int:
+    """Insert, or update the non-key columns where the primary key already exists (adding to
+    the stored value for the columns in `accumulate`)."""
     dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(conn.dialect.name)
     if dialect is None:
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
@@ -46,7 +50,11 @@ def upsert(conn: Connection, table: Table, rows: Iterable[Row]) -> int:
     stmt = dialect.insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys,
-        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        set_={
+            c.name: c + stmt.excluded[c.name] if c.name in accumulate else stmt.excluded[c.name]
+            for c in table.columns
+            if c.name not in keys
+        },
     )
     count = 0
     for chunk in _chunks(rows):
@@ -68,6 +76,140 @@ def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, in
             schema.metrics_hourly,
             ({**m, "ts": utc_naive(m["ts"])} for m in night.metrics),
         ),
-        "costs": upsert(conn, schema.costs_daily, night.costs),
+        "costs": replace_query_costs(conn, night.cost_windows, night.costs),
+        "cost_files": 0,
+        "cost_file_rows": 0,
     }
+    for file in night.cost_files:
+        try:
+            with conn.begin_nested():
+                rows = load_cost_file(conn, file, run_id)
+        except CostFileError as e:
+            failure = {"source": "cost export", "scope": file.location, "error": str(e)}
+            night.failures.append(failure)
+            continue
+        if rows is not None:
+            counts["cost_files"] += 1
+            counts["cost_file_rows"] += rows
     return counts
+
+
+def replace_query_costs(
+    conn: Connection, windows: Iterable[tuple[str, str, date, date]], rows: Iterable[Row]
+) -> int:
+    """The Query API's rows replace what the store held for the windows fetched: a cost that
+    moved or vanished while it settled does not linger."""
+    costs = schema.costs_daily
+    for subscription_id, cost_type, first, last in windows:
+        conn.execute(
+            delete(costs).where(
+                costs.c.source == QUERY,
+                costs.c.subscription_id == subscription_id,
+                costs.c.cost_type == cost_type,
+                costs.c.usage_date.between(first, last),
+            )
+        )
+    return upsert(conn, costs, rows)
+
+
+COST_COLUMNS = ((ACTUAL, "billed"), (AMORTIZED, "effective"), (LIST, "list"))
+
+
+def load_cost_file(conn: Connection, file: CostFile, run_id: int | None) -> int | None:
+    """Load one FOCUS export file, streaming; None when it is already loaded unchanged. A
+    changed file replaces its earlier rows. CostFileError leaves the caller to roll back."""
+    files, costs = schema.cost_files, schema.costs_daily
+    known = conn.execute(select(files).where(files.c.location == file.location)).first()
+    if known is not None and known.fingerprint == file.fingerprint:
+        return None
+    entry: dict = {
+        "location": file.location,
+        "folder": file.folder,
+        "fingerprint": file.fingerprint,
+        "modified": file.modified,
+        "loaded_at": utc_naive(datetime.now(UTC)),
+        "run_id": run_id,
+    }
+    if known is not None:
+        file_id = known.id
+        conn.execute(delete(costs).where(costs.c.source == FOCUS, costs.c.file_id == file_id))
+    else:
+        new = files.insert().values(**entry, rows=0, coverage={})
+        file_id = conn.execute(new).inserted_primary_key[0]
+    coverage: dict[str, list[date]] = {}
+    count = 0
+    for chunk in _chunks(file.read()):
+        count += len(chunk)
+        daily: dict[tuple, Row] = {}
+        resources: dict[str, Row] = {}
+        for r in chunk:
+            for cost_type, column in COST_COLUMNS:
+                key = (r["resource_id"], r["usage_date"], cost_type, r["meter_category"])
+                if key in daily:
+                    daily[key]["cost"] += r[column]
+                    continue
+                daily[key] = {
+                    "source": FOCUS,
+                    "file_id": file_id,
+                    "resource_id": r["resource_id"],
+                    "usage_date": r["usage_date"],
+                    "cost_type": cost_type,
+                    "meter_category": r["meter_category"],
+                    "subscription_id": r["subscription_id"],
+                    "resource_group": r["resource_group"],
+                    "cost": r[column],
+                    "currency": r["currency"],
+                }
+            seen = resources.get(r["resource_id"])
+            if seen is None or seen["last_usage_date"] <= r["usage_date"]:
+                resources[r["resource_id"]] = {
+                    "resource_id": r["resource_id"],
+                    "resource_name": r["resource_name"],
+                    "service_name": r["service_name"],
+                    "service_category": r["service_category"],
+                    "sku_id": r["sku_id"],
+                    "tags": r["tags"],
+                    "last_usage_date": r["usage_date"],
+                }
+            span = coverage.setdefault(r["subscription_id"], [r["usage_date"], r["usage_date"]])
+            span[0], span[1] = min(span[0], r["usage_date"]), max(span[1], r["usage_date"])
+        upsert(conn, costs, daily.values(), accumulate=("cost",))
+        upsert(conn, schema.focus_resources, resources.values())
+    days = [d for span in coverage.values() for d in span]
+    conn.execute(
+        update(files)
+        .where(files.c.id == file_id)
+        .values(
+            **entry,
+            rows=count,
+            first_day=min(days, default=None),
+            last_day=max(days, default=None),
+            coverage={s: [a.isoformat(), b.isoformat()] for s, (a, b) in coverage.items()},
+        )
+    )
+    _supersede(conn, file_id, file.folder, file.modified)
+    return count
+
+
+def _supersede(conn: Connection, file_id: int, folder: str, modified: datetime) -> None:
+    """Exports written without overwriting leave one folder per export run, each holding the
+    month to date: where two runs cover the same subscription and day, the newer one counts
+    and the older one's rows for those days are dropped."""
+    files, costs = schema.cost_files, schema.costs_daily
+    this = conn.execute(select(files.c.coverage).where(files.c.id == file_id)).scalar_one()
+    for other in conn.execute(
+        select(files.c.id, files.c.modified, files.c.coverage).where(files.c.folder != folder)
+    ).all():
+        if other.modified <= modified:
+            older, spans = other.id, this
+        else:
+            older, spans = file_id, other.coverage
+        for subscription_id, (first, last) in spans.items():
+            conn.execute(
+                delete(costs).where(
+                    costs.c.source == FOCUS,
+                    costs.c.file_id == older,
+                    costs.c.subscription_id == subscription_id,
+                    costs.c.usage_date.between(date.fromisoformat(first), date.fromisoformat(last)),
+                )
+            )

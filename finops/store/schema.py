@@ -132,12 +132,45 @@ metrics_hourly = Table(
 costs_daily = Table(
     "costs_daily",
     metadata,
+    Column("source", String(8), primary_key=True),  # query (Cost Management) | focus (export)
+    Column("file_id", Integer, primary_key=True),  # cost_files.id for focus; 0 for query
     Column("resource_id", String(512), primary_key=True),
     Column("usage_date", Date, primary_key=True),
-    Column("cost_type", String(16), primary_key=True),  # ActualCost | AmortizedCost
+    # ActualCost (FOCUS BilledCost) | AmortizedCost (EffectiveCost) | ListCost (FOCUS only)
+    Column("cost_type", String(16), primary_key=True),
     Column("meter_category", String(128), primary_key=True),
+    Column("subscription_id", String(64), nullable=False),
+    Column("resource_group", String(128), nullable=False),
     Column("cost", Money, nullable=False),
     Column("currency", String(3), nullable=False),
+)
+
+cost_files = Table(
+    "cost_files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("location", String(1024), nullable=False, unique=True),
+    Column("folder", String(1024), nullable=False),  # one export run's files share a folder
+    Column("fingerprint", String(256), nullable=False),  # size + mtime, or the blob's ETag
+    Column("modified", DateTime, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("first_day", Date),
+    Column("last_day", Date),
+    Column("coverage", JSON, nullable=False),  # subscription -> [first day, last day]
+    Column("loaded_at", DateTime, nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="SET NULL")),
+)
+
+focus_resources = Table(
+    "focus_resources",
+    metadata,
+    Column("resource_id", String(512), primary_key=True),
+    Column("resource_name", String(256), nullable=False),
+    Column("service_name", String(128), nullable=False),
+    Column("service_category", String(64), nullable=False),
+    Column("sku_id", String(128), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("last_usage_date", Date, nullable=False),
 )
 
 findings = Table(
@@ -188,4 +221,10 @@ audit = Table(
 
 Index("ix_audit_plan", audit.c.plan_id, audit.c.action_index)
 Index("ix_costs_daily_date", costs_daily.c.usage_date)
+Index(
+    "ix_costs_daily_scope",
+    costs_daily.c.source,
+    costs_daily.c.subscription_id,
+    costs_daily.c.usage_date,
+)
 Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)
