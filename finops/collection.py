@@ -36,7 +36,8 @@ class Collection:
     vm_sizes: list[Row] = field(default_factory=list)
     quotas: list[Row] = field(default_factory=list)
     schedules: list[Row] = field(default_factory=list)
-    metrics: list[Row] = field(default_factory=list)
+    metrics: list[Row] = field(default_factory=list)  # VMs' and AI deployments' hourly series
+    ai_deployments: list[Row] = field(default_factory=list)
     costs: list[Row] = field(default_factory=list)
     # (subscription, cost type, first day, last day) each fetched from the Query API: the
     # stored query rows of those windows are replaced by `costs`
@@ -53,6 +54,7 @@ class Collection:
                 "vm_sizes",
                 "quotas",
                 "schedules",
+                "ai_deployments",
                 "metrics",
                 "costs",
             )

@@ -147,6 +147,43 @@ class CostSettings(BaseModel):
         return [v.strip() for v in value if v.strip()]
 
 
+class PtuSettings(BaseModel):
+    window_days: int = Field(
+        14, ge=1, le=30, description="days of hourly AI deployment metrics the PTU rules read"
+    )
+    min_hours: int = Field(24, ge=1, description="PTU rules: hours of data needed for a verdict")
+    underused_p95_percent: Percent = Field(
+        50, description="ptu-underused: p95 of hourly peak utilization below this"
+    )
+    target_percent: Percent = Field(
+        80, gt=0, description="ptu-underused: utilization the right-sized PTU count would run at"
+    )
+    saturated_percent: Percent = Field(
+        95, description="ptu-saturated: p95 of hourly peak utilization at or above this"
+    )
+    pricing_basis: Literal["hourly", "monthly-reservation", "yearly-reservation"] = Field(
+        "hourly", description="how provisioned deployments are billed today"
+    )
+    catalog_file: Path | None = Field(
+        None,
+        description="CSV replacing rows of the PTU price table (same columns as "
+        "finops/catalog/ptu_models.csv): negotiated prices",
+    )
+
+    @field_validator("catalog_file")
+    @classmethod
+    def _catalog(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        from finops.catalog import CatalogError, ptu_models
+
+        try:
+            ptu_models(str(value))
+        except CatalogError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+
 class MailSettings(BaseModel):
     smtp_host: str | None = Field(None, description="SMTP server; unset: the report is not mailed")
     smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (587 STARTTLS, 465 SSL)")
@@ -273,6 +310,7 @@ class Settings(BaseSettings):
     exempt_tag: str = Field("finops-exempt=true", description="tag name=value that exempts")
     costs: CostSettings = CostSettings()
     rules: RuleSettings = RuleSettings()
+    ptu: PtuSettings = PtuSettings()
     remediation: RemediationSettings = RemediationSettings()
     mail: MailSettings = MailSettings()
     schedule: ScheduleSettings = ScheduleSettings()

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from finops import rules
-from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics
+from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics, openai
 from finops.azure.clients import AzureClients
 from finops.collection import Collection
 from finops.config import Settings
@@ -133,6 +133,27 @@ def collect(
                     clients, region, ids, night.metrics_start, night.metrics_end
                 )
         info.update(gpu_vms=len(gpu_vms), points=len(night.metrics))
+    with step("collect AI deployments") as info:
+        accounts: list[dict] = []
+        for sub in sub_ids:
+            with tolerated(night, "ai deployments", f"subscription {sub}"):
+                found_accounts, found = openai.deployments(clients, sub)
+                accounts += found_accounts
+                night.ai_deployments += found
+        points = len(night.metrics)
+        ptu_start = now - timedelta(days=settings.ptu.window_days)
+        for region, ids in openai.batches(accounts):
+            chosen = set(ids)
+            deployments = [
+                d["resource_id"] for d in night.ai_deployments if d["account_id"] in chosen
+            ]
+            with tolerated(night, "metrics", f"{len(ids)} AI accounts in {region}", deployments):
+                night.metrics += openai.hourly_batch(clients, region, ids, ptu_start, now)
+        info.update(
+            accounts=len(accounts),
+            deployments=len(night.ai_deployments),
+            points=len(night.metrics) - points,
+        )
     with step("collect costs") as info:
         for sub in sub_ids if settings.costs.query else []:
             for cost_type in costs.COST_TYPES:

@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from finops.sim.estate import ANOMALY, EXEMPT, IDLE, NO_SHUTDOWN, STOPPED, Estate
+from finops.sim.estate import (
+    ANOMALY,
+    EXEMPT,
+    IDLE,
+    NO_SHUTDOWN,
+    PAYG_PTU,
+    PTU_SATURATED,
+    PTU_UNDERUSED,
+    STOPPED,
+    Estate,
+)
 
 FINOPS = str(Path(sys.executable).with_name("finops"))
 
@@ -65,6 +75,11 @@ def test_demo_reports_exactly_the_seeded_vms_and_is_repeatable(tmp_path):
     assert re.search(r"FOCUS exports \([12] file\(s\)\) for 9\d;", html)
     assert re.search(r"They agree on all 9\d subscription-day\(s\) both cover", html)
     assert re.search(r"Month to date USD [\d,]+\.\d\d, forecast USD [\d,]+\.\d\d for", html)
+    # the PTU section: one row per deployment, the seeded findings on theirs
+    for rule in (PTU_UNDERUSED, PAYG_PTU, PTU_SATURATED):
+        shown = set(re.findall(rf'<tr data-deployment="([^"]+)" data-rules="{rule}"', html))
+        assert shown == {rid.rsplit("/", 1)[1] for rid in estate.expected(rule)}, rule
+    assert len(re.findall(r"<tr data-deployment=", html)) == 8
 
     second = finops("demo", cwd=tmp_path)
     assert second.returncode == 0, second.stderr

@@ -17,7 +17,16 @@ from sqlalchemy import select
 
 from finops.remediate.apply import read_plan, verify
 from finops.remediate.plan import PlanError, checksum
-from finops.sim.estate import ANOMALY, IDLE, NO_SHUTDOWN, STOPPED, Estate
+from finops.sim.estate import (
+    ANOMALY,
+    IDLE,
+    NO_SHUTDOWN,
+    PAYG_PTU,
+    PTU_SATURATED,
+    PTU_UNDERUSED,
+    STOPPED,
+    Estate,
+)
 from finops.sim.server import Fault
 from finops.store import schema
 from tests.conftest import World
@@ -31,12 +40,18 @@ def expected_pairs(estate: Estate) -> set[tuple[str, str]]:
         (rule, estate.by_id[rid].name)
         for rule in (IDLE, NO_SHUTDOWN, STOPPED)
         for rid in estate.expected(rule)
-    } | spend_alerts(estate)
+    } | not_acted_on(estate)
 
 
-def spend_alerts(estate: Estate) -> set[tuple[str, str]]:
-    """Yesterday's jump in GPU spend: still on the bill after the VMs are deallocated."""
-    return {(ANOMALY, group.rsplit("/", 1)[1]) for group in estate.expected_groups(ANOMALY)}
+def not_acted_on(estate: Estate) -> set[tuple[str, str]]:
+    """Findings no plan acts on: yesterday's jump in GPU spend (still on the bill after the VMs
+    are deallocated) and the PTU findings (advice, not actions)."""
+    alerts = {(ANOMALY, group.rsplit("/", 1)[1]) for group in estate.expected_groups(ANOMALY)}
+    return alerts | {
+        (rule, rid.rsplit("/", 1)[1])
+        for rule in (PTU_UNDERUSED, PAYG_PTU, PTU_SATURATED)
+        for rid in estate.expected(rule)
+    }
 
 
 def test_plan_records_every_action_and_changes_nothing(world):
@@ -48,9 +63,9 @@ def test_plan_records_every_action_and_changes_nothing(world):
     kinds = {(a["kind"], a["resource_id"].rsplit("/", 1)[1]) for a in plan["actions"]}
     wanted = {
         ("deallocate" if rule in (IDLE, STOPPED) else "create-auto-shutdown", name)
-        for rule, name in expected_pairs(world.estate) - spend_alerts(world.estate)
+        for rule, name in expected_pairs(world.estate) - not_acted_on(world.estate)
     }
-    assert kinds == wanted  # a spend alert is investigated, not acted on
+    assert kinds == wanted  # alerts and PTU advice: no action
     for action in plan["actions"]:
         assert action["finding"]["rule_id"] in (IDLE, NO_SHUTDOWN, STOPPED)
         assert Decimal(action["monthly_saving"]) > 0 and action["currency"] == "USD"
@@ -91,7 +106,7 @@ def test_apply_fixes_the_findings_and_the_next_night_shows_them_gone(world):
     assert world.vm("viz-nv-a10-stopped").power_state == "deallocated"
     assert world.vm("nb-nc-t4-busy").power_state == "running"  # busy: scheduled, not stopped
     second = world.night()
-    assert world.findings(second.run_id) == spend_alerts(world.estate)
+    assert world.findings(second.run_id) == not_acted_on(world.estate)
     html = second.report.read_text()
     headline = re.search(r'id="headline"[^>]*>([^<]*)<', html).group(1)
     assert "Resolved since the previous night: 23 finding(s), USD 213,692.29 a month." in headline
@@ -263,7 +278,10 @@ def test_demo_plan_apply_then_next_night(tmp_path):
     assert applied.stdout.strip().splitlines()[-1] == "23 succeeded, 0 noop, 0 skipped, 0 failed"
     night = finops("demo", cwd=tmp_path)
     html = Path(night.stdout.strip().splitlines()[-1]).read_text()
-    assert "No savings found tonight" in html and 'data-vm="' not in html
+    from tests.test_cli import report_findings
+
+    left = report_findings(Path(night.stdout.strip().splitlines()[-1]))
+    assert set(left) == {PTU_UNDERUSED, PAYG_PTU}  # PTU advice: no VM left to act on
     assert "Resolved since the previous night: 23 finding(s), USD 213,692.29 a month." in html
     audit = finops("audit", cwd=tmp_path)
     assert audit.returncode == 0

@@ -9,6 +9,7 @@ from functools import cache
 from typing import Any
 
 from azure.core.credentials import AccessToken, TokenCredential
+from azure.mgmt.cognitiveservices import CognitiveServicesManagementClient
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.costmanagement import CostManagementClient
 from azure.mgmt.devtestlabs import DevTestLabsClient
@@ -75,6 +76,7 @@ class AzureClients:
         self.devtestlabs = cache(self._devtestlabs)
         self.resources = cache(self._resources)
         self.costs = cache(self._costs)
+        self.cognitive = cache(self._cognitive)
         self.metrics = cache(self._metrics)
 
     def options(self) -> dict[str, Any]:
@@ -97,6 +99,9 @@ class AzureClients:
 
     def _resources(self, subscription_id: str) -> ResourceManagementClient:
         return ResourceManagementClient(self.credential, subscription_id, **self.options())
+
+    def _cognitive(self, subscription_id: str) -> CognitiveServicesManagementClient:
+        return CognitiveServicesManagementClient(self.credential, subscription_id, **self.options())
 
     def _costs(self) -> CostManagementClient:
         return CostManagementClient(self.credential, **self.options())

@@ -63,6 +63,7 @@ def hourly_batch(
                                 "ts": point.timestamp,
                                 "average": point.average,
                                 "maximum": point.maximum,
+                                "total": None,
                             }
                         )
     return rows

@@ -18,6 +18,8 @@ from finops.store import schema
 from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, counted, spend_type
 
 TREND_DAYS = 30
+YEARLY = "yearly-reservation"
+PTU_RULES = ("ptu-underused", "payg-ptu-candidate", "ptu-saturated")
 QUOTA_WARN_PERCENT = 80
 
 
@@ -39,6 +41,7 @@ class ReportData:
     gpu_hours: dict[str, Any]
     freshness: dict[str, Any]
     findings: list[dict[str, Any]] = field(default_factory=list)
+    ptu: dict[str, Any] = field(default_factory=dict)  # AI deployments: PTU vs pay-as-you-go
 
     @property
     def date(self) -> date:
@@ -93,11 +96,21 @@ def headline(findings: list[dict[str, Any]], titles: dict[str, str], currency: s
     others = fmt_totals({c: v for c, v in totals.items() if c != currency})
     new_part = f"{fmt(new, currency)} of it new tonight" if new else "none of it new tonight"
     return (
-        f"{fmt(total, currency)} a month can be saved on {len(best)} GPU VMs ({new_part}); "
+        f"{fmt(total, currency)} a month can be saved on {_resources(best)} ({new_part}); "
         f"most from {titles.get(rule, rule)} findings ({fmt(rule_amount, currency)}), "
         f"and {share:.0f} % of it in subscription {sub}."
         + (f" Also {others} in other currencies." if others else "")
     )
+
+
+def _resources(ids) -> str:
+    """'15 GPU VMs and 2 AI deployments', from resource ids."""
+    deployments = sum(1 for rid in ids if "/deployments/" in rid)
+    parts = [
+        f"{len(ids) - deployments} GPU VM{'s' if len(ids) - deployments != 1 else ''}",
+        f"{deployments} AI deployment{'s' if deployments != 1 else ''}",
+    ]
+    return " and ".join(p for p in parts if not p.startswith("0 "))
 
 
 def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
@@ -118,7 +131,13 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     }
     gpu_ids = {rid for rid, vm in vms.items() if (s := sizes.get(vm["size"])) and s.gpus > 0}
     titles = {rule_id: module.TITLE for rule_id, module in registry().items()}
-    rows = _findings(conn, run, vms, subs, titles)
+    deployments = {
+        r.resource_id: dict(r._mapping)
+        for r in conn.execute(
+            select(schema.ai_deployments).where(schema.ai_deployments.c.run_id == run_id)
+        )
+    }
+    rows = _findings(conn, run, {**vms, **deployments}, subs, titles)
     alerts = [
         f
         for f in rows
@@ -135,7 +154,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     changes = _changes(conn, run, active + alerts)
     line = headline(active, titles, settings.currency)
     if alerts:
-        line += f" {len(alerts)} spend alert(s) to investigate: {alerts[0]['title']}."
+        line += f" {len(alerts)} alert(s) to investigate: {alerts[0]['title']}."
     spend = _spend(conn, run, subs, currency)
     if spend["has_data"]:
         line += f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
@@ -161,6 +180,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         gpu_hours=_gpu_hours(conn, run, vms, sizes, gpu_ids, settings),
         freshness=_freshness(conn, run),
         findings=active,
+        ptu=_ptu(conn, run, settings, deployments, subs, rows),
     )
 
 
@@ -174,7 +194,7 @@ def _findings(conn, run, vms, subs, titles) -> list[dict[str, Any]]:
         vm = vms.get(f["resource_id"], {})
         f["monthly_saving"] = money(Decimal(str(f["monthly_saving"])))
         f["name"] = vm.get("name", f["resource_id"].rsplit("/", 1)[-1])
-        f["size"] = vm.get("size", "")
+        f["size"] = vm.get("size") or " ".join(filter(None, (vm.get("model"), vm.get("sku"))))
         f["subscription"] = subs.get(vm.get("subscription_id"), vm.get("subscription_id", ""))
         f["resource_group"] = vm.get("resource_group", "")
         f["owner"] = (vm.get("tags") or {}).get("owner", "")
@@ -476,6 +496,83 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
         "window_days": (run["metrics_end"] - run["metrics_start"]).days,
         "has_data": total > 0,
     }
+
+
+def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str, Any]:
+    """One row per AI deployment: PTUs, utilization, monthly cost, the pay-as-you-go cost of the
+    same tokens, and the recommendation of its finding; and the break-even in two sentences."""
+    from finops.rules import RunContext
+    from finops.rules.ptu_pricing import (
+        break_even_percent,
+        full_ptu_payg_value,
+        is_provisioned,
+        model_for,
+        payg_cost,
+        ptu_month,
+        usage,
+    )
+
+    basis = settings.ptu.pricing_basis
+    context = RunContext(run["id"], run["metrics_start"], run["metrics_end"], run["cost_end"])
+    used = usage(conn, context, settings, sorted(deployments))
+    advice = {f["resource_id"]: f for f in findings if f["rule_id"] in PTU_RULES}
+    rows = []
+    for rid, d in sorted(
+        deployments.items(), key=lambda kv: (kv[1]["account_name"], kv[1]["name"])
+    ):
+        model = model_for(settings, d["model"], d["sku"])
+        u = used.get(rid)
+        provisioned = is_provisioned(d["sku"])
+        row = {
+            "resource_id": rid,
+            "account": d["account_name"],
+            "subscription": subs.get(d["subscription_id"], d["subscription_id"]),
+            "name": d["name"],
+            "model": d["model"],
+            "sku": d["sku"],
+            "ptus": d["capacity"] if provisioned else None,
+            "p50": None,
+            "p95": None,
+            "monthly": None,
+            "payg": None,
+            "currency": model.currency if model else "",
+            "advice": "",
+        }
+        if u and u.utilization and provisioned:
+            summary = u.utilization_summary()
+            row["p50"], row["p95"] = summary["utilization_p50"], summary["utilization_p95"]
+        if model and u:
+            row["payg"] = money(u.monthly(payg_cost(model, u.total_in(), u.total_out())))
+            row["monthly"] = (
+                money(d["capacity"] * ptu_month(model, basis)) if provisioned else row["payg"]
+            )
+        finding = advice.get(rid)
+        if finding:
+            row["advice"] = finding["evidence"].get("recommendation") or finding["rule_title"]
+            row["rule"] = finding["rule_id"]
+        elif model is None:
+            row["advice"] = "no price in the catalog"
+        else:
+            row["advice"] = "keep"
+        rows.append(row)
+    explained = None
+    priced = [(d, model_for(settings, d["model"], d["sku"])) for d in deployments.values()]
+    priced = [(d, m) for d, m in priced if m is not None]
+    if priced:
+        d, model = max(
+            priced, key=lambda dm: dm[0]["capacity"] if is_provisioned(dm[0]["sku"]) else 0
+        )
+        zero = Decimal(0)
+        explained = {
+            "model": f"{model.model} ({model.scope})",
+            "tokens": f"{model.input_tpm_per_ptu * 60 * 730 / 1_000_000:,.1f}",
+            "value": fmt(full_ptu_payg_value(model, zero, zero), model.currency),
+            "hourly": fmt(ptu_month(model, "hourly"), model.currency),
+            "yearly": fmt(ptu_month(model, YEARLY), model.currency),
+            "hourly_break_even": f"{break_even_percent(model, 'hourly', zero, zero):.0f}",
+            "yearly_break_even": f"{break_even_percent(model, YEARLY, zero, zero):.0f}",
+        }
+    return {"rows": rows, "basis": basis, "explained": explained}
 
 
 def _quotas(conn: Connection, run_id: int, subs: dict[str, str]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, select
 from finops.config import Settings
 from finops.store import schema
 
-SUPPORT_MODULES = {"common"}
+SUPPORT_MODULES = {"common", "ptu_pricing"}
 
 
 @dataclass(frozen=True)

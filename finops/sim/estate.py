@@ -19,12 +19,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from finops.catalog import gpu_size
+from finops.catalog import SCOPES, gpu_size, ptu_models
 
 IDLE = "idle-gpu-vm"
 NO_SHUTDOWN = "gpu-vm-no-auto-shutdown"
 STOPPED = "gpu-vm-stopped-not-deallocated"
 ANOMALY = "gpu-cost-anomaly"  # on a VM: its resource group's GPU spend jumped because of it
+PTU_UNDERUSED = "ptu-underused"
+PAYG_PTU = "payg-ptu-candidate"
+PTU_SATURATED = "ptu-saturated"
 EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
 
 # Simulated list prices of the CPU sizes the estate uses (USD/hour; GPU prices come from the
@@ -130,6 +133,42 @@ class SimVM:
         return self.off_since_h if self.power_state == "deallocated" else 0
 
 
+@dataclass
+class SimDeployment:
+    """A model deployment. Provisioned ones follow a utilization profile (their tokens are what
+    that utilization of their PTUs carries); pay-as-you-go ones an input-tokens-a-minute one."""
+
+    name: str
+    model: str
+    version: str
+    sku: str
+    capacity: int
+    util: Profile | None = None
+    tpm_in: Profile | None = None
+    out_ratio: float = 0.25  # output tokens per input token
+    throttled_per_hour: int = 0  # 429s in each hour that peaks at 99.5 % or more
+    expect: frozenset[str] = frozenset()
+    scenario: str = ""
+
+
+@dataclass
+class SimAccount:
+    index: int
+    subscription_id: str
+    resource_group: str
+    name: str
+    location: str
+    kind: str
+    deployments: list[SimDeployment]
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.CognitiveServices/accounts/{self.name}"
+        )
+
+
 @dataclass(frozen=True)
 class Subscription:
     subscription_id: str
@@ -159,6 +198,8 @@ class Estate:
         self._scenarios()
         self._fillers(rng, vms - len(self.vms))
         self.by_id = {vm.id.lower(): vm for vm in self.vms}
+        self.ai_accounts = self._ai_accounts()
+        self.accounts_by_id = {a.id.lower(): a for a in self.ai_accounts}
         self.quota_limits = self._quota_limits()
         self.group_tags: dict[tuple[str, str], dict[str, str]] = {
             (self.subscriptions[0].subscription_id, "ml-training"): {"owner": "dana"},
@@ -459,6 +500,97 @@ class Estate:
             scenario="near-miss: resource group GPU spend up 93 %, under 500 a day",
         )
 
+    def _ai_accounts(self) -> list[SimAccount]:
+        subs = [s.subscription_id for s in self.subscriptions]
+        production = [
+            SimDeployment(
+                "chat-gpt4o-ptu",
+                "gpt-4o",
+                "2024-08-06",
+                "GlobalProvisionedManaged",
+                100,
+                util=Profile(12.0, 28.0, max_extra=4.0),
+                expect=frozenset({PTU_UNDERUSED}),
+                scenario="100 PTU peaking near 30 %",
+            ),
+            SimDeployment(
+                "rag-gpt4o-mini-ptu",
+                "gpt-4o-mini",
+                "2024-07-18",
+                "GlobalProvisionedManaged",
+                30,
+                util=Profile(55.0, 80.0, max_extra=5.0),
+                scenario="near-miss: right-sized PTU, peaks near 84 %",
+            ),
+            SimDeployment(
+                "support-gpt41-ptu",
+                "gpt-4.1",
+                "2025-04-14",
+                "ProvisionedManaged",
+                50,
+                util=Profile(93.0, 100.0, max_extra=3.0),
+                throttled_per_hour=40,
+                expect=frozenset({PTU_SATURATED}),
+                scenario="saturated, throttling",
+            ),
+            SimDeployment(
+                "batch-gpt4o-payg",
+                "gpt-4o",
+                "2024-08-06",
+                "GlobalStandard",
+                1000,
+                tpm_in=Profile(150_000.0, 165_000.0),
+                out_ratio=0.1,
+                expect=frozenset({PAYG_PTU}),
+                scenario="heavy, steady pay-as-you-go",
+            ),
+        ]
+        research = [
+            SimDeployment(
+                "lab-gpt4o-mini-payg",
+                "gpt-4o-mini",
+                "2024-07-18",
+                "GlobalStandard",
+                200,
+                tpm_in=Profile(500.0, 3_000.0),
+                scenario="light pay-as-you-go",
+            ),
+            SimDeployment(
+                "chat-gpt4o-payg",
+                "gpt-4o",
+                "2024-08-06",
+                "GlobalStandard",
+                500,
+                tpm_in=Profile(60_000.0, 120_000.0),
+                out_ratio=0.1,
+                scenario="near-miss: busy pay-as-you-go, still cheaper than PTU",
+            ),
+            SimDeployment(
+                "eval-gpt41-mini-ptu",
+                "gpt-4.1-mini",
+                "2025-04-14",
+                "DataZoneProvisionedManaged",
+                30,
+                util=Profile(40.0, 52.0, max_extra=4.0),
+                scenario="near-miss: PTU peaking just above 50 %",
+            ),
+            SimDeployment(
+                "peak-gpt4o-ptu",
+                "gpt-4o",
+                "2024-08-06",
+                "GlobalProvisionedManaged",
+                15,
+                util=Profile(95.0, 99.0, max_extra=0.4),
+                scenario="near-miss: near its limit, never throttled",
+            ),
+        ]
+        return [
+            SimAccount(0, subs[1], "ai-serving", "oai-prod-eastus", "eastus", "OpenAI", production),
+            SimAccount(
+                1, subs[0], "ai-lab", "ais-research-weu", "westeurope", "AIServices", research
+            ),
+        ]
+
     def _fillers(self, rng: random.Random, count: int) -> None:
         gpu_sizes = ("Standard_NC8as_T4_v3", "Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5")
         rgs = ("app", "data", "batch", "analytics")
@@ -604,6 +736,35 @@ class Estate:
             f"/providers/Microsoft.Storage/storageAccounts/st{subscription_id[:8]}"
         )
 
+    def accounts_in(self, subscription_id: str) -> list[SimAccount]:
+        return [a for a in self.ai_accounts if a.subscription_id == subscription_id]
+
+    def deployment_hour(
+        self, account: SimAccount, deployment: SimDeployment, hour: datetime
+    ) -> dict[str, float] | None:
+        """One hour of a deployment: ptu_average, ptu_maximum (provisioned only), tokens_in,
+        tokens_out, throttled; None outside the estate's 30 days of history."""
+        if not (timedelta(0) < self.now - hour <= timedelta(days=30)):
+            return None
+        key = self.seed * 7_000_003 + account.index * 101 + account.deployments.index(deployment)
+        hour_number = int(hour.timestamp()) // 3600
+        if deployment.util is not None:
+            average, peak = deployment.util.sample(key, hour_number)
+            model = ptu_models()[(deployment.model, SCOPES[deployment.sku.lower()])]
+            units = average / 100 * deployment.capacity * model.input_tpm_per_ptu * 60
+            tokens_in = units / (1 + float(model.output_weight) * deployment.out_ratio)
+            throttled = deployment.throttled_per_hour if peak >= 99.5 else 0
+            result = {"ptu_average": average, "ptu_maximum": peak}
+        else:
+            per_minute, _ = deployment.tpm_in.sample(key, hour_number)
+            tokens_in, throttled, result = per_minute * 60, 0, {}
+        return {
+            **result,
+            "tokens_in": round(tokens_in),
+            "tokens_out": round(tokens_in * deployment.out_ratio),
+            "throttled": throttled,
+        }
+
     def expected_groups(self, rule: str) -> set[str]:
         """Lower-cased ids of the resource groups of the VMs labelled with `rule`."""
         return {vm.id.lower().split("/providers/")[0] for vm in self.vms if rule in vm.expect}
@@ -622,5 +783,11 @@ class Estate:
         ).quantize(Decimal("0.000001"))
 
     def expected(self, rule: str) -> set[str]:
-        """Lower-cased ids of the VMs the given rule (or EXEMPT) must name."""
-        return {vm.id.lower() for vm in self.vms if rule in vm.expect}
+        """Lower-cased ids of the VMs or AI deployments the given rule (or EXEMPT) must name."""
+        deployments = {
+            f"{a.id}/deployments/{d.name}".lower()
+            for a in self.ai_accounts
+            for d in a.deployments
+            if rule in d.expect
+        }
+        return {vm.id.lower() for vm in self.vms if rule in vm.expect} | deployments

@@ -33,6 +33,7 @@ GPU_NAMESPACE = "telegraf/nvidia_smi"
 GPU_METRIC = "utilization_gpu"
 CPU_NAMESPACE = "microsoft.compute/virtualmachines"
 CPU_METRIC = "Percentage CPU"
+AI_NAMESPACE = "microsoft.cognitiveservices/accounts"
 MAX_BATCH_RESOURCES = 50
 
 Reply = tuple[int, Any, dict[str, str]]
@@ -426,6 +427,13 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
     start = datetime.fromisoformat(req.query["starttime"]).astimezone(UTC)
     end = datetime.fromisoformat(req.query["endtime"]).astimezone(UTC)
     aggregations = [a.strip().lower() for a in req.query.get("aggregation", "average").split(",")]
+    if namespace == AI_NAMESPACE:
+        hours = []
+        moment = start.replace(minute=0, second=0, microsecond=0)
+        while moment < end:
+            hours.append(moment)
+            moment += timedelta(hours=1)
+        return _ai_metrics(req, ids, names, hours, aggregations)
     if namespace == CPU_NAMESPACE and names == [CPU_METRIC]:
         metric, unit = "cpu", "Percent"
     elif namespace == GPU_NAMESPACE and names == [GPU_METRIC]:
@@ -481,6 +489,146 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
                 "resourceregion": vm.location,
                 "resourceid": rid,
                 "value": series_values,
+            }
+        )
+    return 200, {"values": values}, {}
+
+
+def list_ai_accounts(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    items = [
+        {
+            "id": a.id,
+            "name": a.name,
+            "type": "Microsoft.CognitiveServices/accounts",
+            "kind": a.kind,
+            "location": a.location,
+            "sku": {"name": "S0"},
+            "tags": {},
+            "properties": {
+                "endpoint": f"https://{a.name}.openai.azure.com/",
+                "provisioningState": "Succeeded",
+            },
+        }
+        for a in req.sim.estate.accounts_in(sub.subscription_id)
+    ]
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+def _account(req: Request, subscription_id: str, group: str, name: str):
+    account = req.sim.estate.accounts_by_id.get(
+        f"/subscriptions/{subscription_id}/resourcegroups/{group}"
+        f"/providers/microsoft.cognitiveservices/accounts/{name}".lower()
+    )
+    if account is None:
+        raise ApiError(404, "ResourceNotFound", f"The Resource '{name}' was not found.")
+    return account
+
+
+def list_ai_deployments(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    account = _account(req, subscription_id, group, name)
+    items = [
+        {
+            "id": f"{account.id}/deployments/{d.name}",
+            "name": d.name,
+            "type": "Microsoft.CognitiveServices/accounts/deployments",
+            "sku": {"name": d.sku, "capacity": d.capacity},
+            "properties": {
+                "model": {"format": "OpenAI", "name": d.model, "version": d.version},
+                "provisioningState": "Succeeded",
+            },
+        }
+        for d in account.deployments
+    ]
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+AI_METRICS = {
+    "azureopenaiprovisionedmanagedutilizationv2": ("ptu", "Percent"),
+    "processedprompttokens": ("tokens_in", "Count"),
+    "generatedtokens": ("tokens_out", "Count"),
+    "azureopenairequests": ("throttled", "Count"),
+}
+
+
+def _ai_metrics(req: Request, ids: list[str], names: list[str], hours, aggregations) -> Reply:
+    """Per account, per metric, one time series per deployment (the ModelDeploymentName
+    split); AzureOpenAIRequests only with the StatusCode eq '429' filter the job sends."""
+    estate = req.sim.estate
+    flt = re.sub(r"\s+", " ", req.query.get("$filter", req.query.get("filter", ""))).lower()
+    if "modeldeploymentname eq '*'" not in flt:
+        raise ApiError(400, "BadRequest", "The simulator answers the ModelDeploymentName split.")
+    unknown = [n for n in names if n.lower() not in AI_METRICS]
+    if unknown:
+        raise ApiError(400, "BadRequest", f"Failed to find metric configuration for {unknown}.")
+    if any(n.lower() == "azureopenairequests" for n in names) and "statuscode eq '429'" not in flt:
+        raise ApiError(400, "BadRequest", "The simulator answers requests filtered by 429.")
+    top = int(req.query.get("top", "10"))
+    accounts = []
+    for rid in ids:
+        account = estate.accounts_by_id.get(rid.lower())
+        if account is None:
+            raise ApiError(400, "BadRequest", f"Resource {rid} is not an AI account here.")
+        accounts.append(account)
+    if len({a.location for a in accounts}) > 1:
+        raise ApiError(400, "BadRequest", "All resources of a batch must be in one region.")
+    values = []
+    for rid, account in zip(ids, accounts, strict=True):
+        hourly = {
+            d.name: [(h, estate.deployment_hour(account, d, h)) for h in hours]
+            for d in account.deployments
+        }
+        metrics = []
+        for name in names:
+            ours, unit = AI_METRICS[name.lower()]
+            series = []
+            for deployment in account.deployments:
+                if ours == "ptu" and deployment.util is None:
+                    continue  # no utilization series for pay-as-you-go deployments
+                data = []
+                for hour, sample in hourly[deployment.name]:
+                    point: dict[str, Any] = {"timeStamp": _iso(hour)}
+                    if sample is not None:
+                        if ours == "ptu":
+                            if "average" in aggregations:
+                                point["average"] = sample["ptu_average"]
+                            if "maximum" in aggregations:
+                                point["maximum"] = sample["ptu_maximum"]
+                        elif "total" in aggregations:
+                            point["total"] = float(sample[ours])
+                    data.append(point)
+                dimensions = [("modeldeploymentname", "ModelDeploymentName", deployment.name)]
+                if ours == "throttled":
+                    dimensions.append(("statuscode", "StatusCode", "429"))
+                series.append(
+                    {
+                        "metadatavalues": [
+                            {"name": {"value": key, "localizedValue": label}, "value": value}
+                            for key, label, value in dimensions
+                        ],
+                        "data": data,
+                    }
+                )
+            metrics.append(
+                {
+                    "id": f"{rid}/providers/Microsoft.Insights/metrics/{name}",
+                    "type": "Microsoft.Insights/metrics",
+                    "name": {"value": name, "localizedValue": name},
+                    "displayDescription": "",
+                    "unit": unit,
+                    "timeseries": series[:top],
+                    "errorCode": "Success",
+                }
+            )
+        values.append(
+            {
+                "starttime": _iso(hours[0]) if hours else "",
+                "endtime": _iso(hours[-1]) if hours else "",
+                "interval": "PT1H",
+                "namespace": req.query["metricnamespace"],
+                "resourceregion": account.location,
+                "resourceid": rid,
+                "value": metrics,
             }
         )
     return 200, {"values": values}, {}
@@ -704,6 +852,9 @@ def _routes() -> list[Route]:
     compute = sub + r"/providers/Microsoft\.Compute"
     vm = group + r"/providers/Microsoft\.Compute/virtualMachines/([^/]+)"
     schedule = group + r"/providers/Microsoft\.DevTestLab/schedules/([^/]+)"
+    cognitive = sub + r"/providers/Microsoft\.CognitiveServices/accounts"
+    account = group + r"/providers/Microsoft\.CognitiveServices/accounts/([^/]+)"
+    ai_api = "2025-09-01"
     arm, compute_api, labs, cost_api = "2025-04-01", "2026-04-01", "2018-09-15", "2025-03-01"
     table: list[tuple[str, str, str, str, Callable[..., Reply]]] = [
         ("subscriptions", "GET", r"/subscriptions", "2022-12-01", list_subscriptions),
@@ -725,6 +876,8 @@ def _routes() -> list[Route]:
             list_schedules,
         ),
         ("metrics", "POST", sub + r"/metrics:getBatch", "2024-02-01", metrics_batch),
+        ("ai-accounts", "GET", cognitive, ai_api, list_ai_accounts),
+        ("ai-deployments", "GET", account + "/deployments", ai_api, list_ai_deployments),
         ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query", cost_api, cost_query),
         ("vm", "GET", vm, compute_api, get_vm),
         ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),

@@ -123,10 +123,30 @@ metrics_hourly = Table(
     "metrics_hourly",
     metadata,
     Column("resource_id", String(512), primary_key=True),
-    Column("metric", String(16), primary_key=True),  # cpu | gpu
+    # cpu | gpu (VMs); ptu_util | tokens_in | tokens_out | throttled (AI deployments)
+    Column("metric", String(16), primary_key=True),
     Column("ts", DateTime, primary_key=True),
     Column("average", Float),
     Column("maximum", Float),
+    Column("total", Float),
+)
+
+ai_deployments = Table(
+    "ai_deployments",
+    metadata,
+    _run_id(),
+    Column("resource_id", String(512), primary_key=True),  # the account's id + /deployments/NAME
+    Column("account_id", String(512), nullable=False),
+    Column("account_name", String(128), nullable=False),
+    Column("subscription_id", String(64), nullable=False),
+    Column("resource_group", String(128), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # OpenAI | AIServices
+    Column("name", String(128), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("sku", String(64), nullable=False),  # e.g. GlobalProvisionedManaged, GlobalStandard
+    Column("capacity", Integer, nullable=False),  # PTUs for provisioned skus
 )
 
 costs_daily = Table(

@@ -1,0 +1,132 @@
+"""Azure OpenAI (and AI Services) accounts, their model deployments, and hourly per-deployment
+metrics: provisioned-managed utilization (V2), prompt and generated tokens, throttled requests.
+
+Accounts are listed once per subscription, deployments once per account (there is no
+subscription-wide list); metrics go through the batch API, 50 accounts a call, split by the
+`ModelDeploymentName` dimension, so no call is made per deployment.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+
+from finops.azure.clients import AzureClients
+from finops.azure.metrics import BATCH_SIZE
+from finops.collection import Row
+from finops.store.costs import scope_of
+
+KINDS = ("openai", "aiservices")
+NAMESPACE = "Microsoft.CognitiveServices/accounts"
+UTILIZATION = "AzureOpenAIProvisionedManagedUtilizationV2"
+PROMPT_TOKENS = "ProcessedPromptTokens"
+GENERATED_TOKENS = "GeneratedTokens"
+REQUESTS = "AzureOpenAIRequests"
+MAX_SERIES = 1000  # the API returns 10 series unless told: an account may hold more deployments
+# (metric names, aggregations, filter) -> our metric names, one batch call each
+QUERIES = (
+    (
+        (UTILIZATION, PROMPT_TOKENS, GENERATED_TOKENS),
+        ("Average", "Maximum", "Total"),
+        "ModelDeploymentName eq '*'",
+    ),
+    ((REQUESTS,), ("Total",), "ModelDeploymentName eq '*' and StatusCode eq '429'"),
+)
+OUR_NAMES = {
+    UTILIZATION: "ptu_util",
+    PROMPT_TOKENS: "tokens_in",
+    GENERATED_TOKENS: "tokens_out",
+    REQUESTS: "throttled",
+}
+
+
+def deployments(clients: AzureClients, subscription_id: str) -> tuple[list[Row], list[Row]]:
+    """(accounts, deployments) of kind OpenAI or AIServices in one subscription."""
+    client = clients.cognitive(subscription_id)
+    accounts, found = [], []
+    for account in client.accounts.list():
+        if (account.kind or "").lower() not in KINDS:
+            continue
+        account_id = account.id.lower()
+        sub, group = scope_of(account_id)
+        accounts.append(
+            {
+                "resource_id": account_id,
+                "subscription_id": sub,
+                "location": (account.location or "").lower().replace(" ", ""),
+            }
+        )
+        for d in client.deployments.list(group, account.name):
+            model = d.properties.model if d.properties else None
+            found.append(
+                {
+                    "resource_id": d.id.lower(),
+                    "account_id": account_id,
+                    "account_name": account.name,
+                    "subscription_id": sub,
+                    "resource_group": group,
+                    "location": (account.location or "").lower().replace(" ", ""),
+                    "kind": account.kind,
+                    "name": d.name,
+                    "model": (model.name if model else "") or "",
+                    "model_version": (model.version if model else "") or "",
+                    "sku": d.sku.name if d.sku else "",
+                    "capacity": int(d.sku.capacity or 0) if d.sku else 0,
+                }
+            )
+    return accounts, found
+
+
+def batches(accounts: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
+    """(region, up to 50 account ids of one subscription and region) for each batch call."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for account in accounts:
+        groups[(account["subscription_id"], account["location"])].append(account["resource_id"])
+    for (_, region), ids in sorted(groups.items()):
+        for i in range(0, len(ids), BATCH_SIZE):
+            yield region, ids[i : i + BATCH_SIZE]
+
+
+def hourly_batch(
+    clients: AzureClients, region: str, account_ids: list[str], start: datetime, end: datetime
+) -> list[Row]:
+    """Hourly rows per deployment (resource id = account id + /deployments/NAME): ptu_util
+    (average, maximum), tokens_in, tokens_out and throttled (total)."""
+    client = clients.metrics(region)
+    rows = []
+    for names, aggregations, dimension_filter in QUERIES:
+        results = client.query_resources(
+            resource_ids=account_ids,
+            metric_namespace=NAMESPACE,
+            metric_names=list(names),
+            timespan=(start, end),
+            granularity=timedelta(hours=1),
+            aggregations=list(aggregations),
+            filter=dimension_filter,
+            max_results=MAX_SERIES,
+        )
+        for result in results:
+            for metric in result.metrics:
+                account_id = metric.id.lower().split("/providers/microsoft.insights/")[0]
+                ours = OUR_NAMES[metric.name]
+                for series in metric.timeseries:
+                    values = {k.lower(): v for k, v in (series.metadata_values or {}).items()}
+                    deployment = values.get("modeldeploymentname")
+                    if not deployment:
+                        continue
+                    rid = f"{account_id}/deployments/{deployment.lower()}"
+                    for point in series.data:
+                        if point.average is None and point.maximum is None and point.total is None:
+                            continue
+                        rows.append(
+                            {
+                                "resource_id": rid,
+                                "metric": ours,
+                                "ts": point.timestamp,
+                                "average": point.average,
+                                "maximum": point.maximum,
+                                "total": point.total,
+                            }
+                        )
+    return rows
