@@ -23,8 +23,9 @@ AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 $(AZURITE):
 	npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@3
 
+# two workers: most tests wait on servers and subprocesses, not on the CPU
 test: $(STAMP) $(AZURITE)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -106,7 +106,7 @@ class RemediationSettings(BaseModel):
     max_actions: int = Field(25, ge=1, description="apply refuses a larger plan unless told")
     max_plan_age_hours: float = Field(24, gt=0, description="apply refuses an older plan")
     concurrency: int = Field(4, ge=1, le=32, description="resources changed at the same time")
-    deallocate_timeout_seconds: int = Field(900, ge=10, description="wait for one deallocation")
+    deallocate_timeout_seconds: int = Field(900, ge=1, description="wait for one deallocation")
 
     @field_validator("auto_shutdown_time")
     @classmethod

@@ -7,12 +7,14 @@ from decimal import Decimal
 
 import pytest
 from azure.core.exceptions import HttpResponseError
+from sqlalchemy import select
 
 from finops.azure import costs, inventory, metrics
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.pipeline import collect
 from finops.sim.estate import Estate
 from finops.sim.server import SimServer
+from finops.store import schema
 from tests.conftest import sim_settings
 
 
@@ -163,3 +165,37 @@ def test_collection_makes_no_call_per_vm(estate):
             counts[size] = sum(server.requests.values())
     assert counts[600] <= counts[60] + 2 * 2 * 3 * (600 // 50)  # only more metric batches
     assert counts[600] < 600 / 5
+
+
+def test_unexpected_api_shapes_are_stored_and_judged_safely(world):
+    """A power state the job does not know, one Azure left out, a size neither the SKU API
+    nor the catalog lists, a VM without tags, an id in upper case: the night stores them all,
+    flags none of the unusual ones, and still flags the idle VM whose id is in upper case."""
+    from finops.sim.estate import IDLE_GPU, LONG_AGO_H
+
+    estate = world.estate
+    odd = dict(on_since_h=LONG_AGO_H, gpu=IDLE_GPU, schedule="Enabled")
+    estate._add(
+        0, "GPU-Lab", "Hibernated-A100", "eastus", "Standard_NC24ads_A100_v4", "hibernated", **odd
+    )
+    estate._add(0, "GPU-Lab", "no-power-state", "eastus", "Standard_NC24ads_A100_v4", "", **odd)
+    estate._add(0, "GPU-Lab", "retired-size", "eastus", "Standard_NC6s_v3", "running", **odd)
+    estate._add(0, "GPU-Lab", "Idle-Upper", "eastus", "Standard_NC4as_T4_v3", "running", **odd)
+    estate.by_id = {vm.id.lower(): vm for vm in estate.vms}
+    result = world.night()
+    assert result.missing is None
+    with world.engine.connect() as conn:
+        stored = dict(
+            conn.execute(
+                select(schema.vms.c.name, schema.vms.c.power_state).where(
+                    schema.vms.c.run_id == result.run_id
+                )
+            ).all()
+        )
+        ids = conn.execute(select(schema.vms.c.resource_id)).scalars().all()
+    assert stored["Hibernated-A100"] == "hibernated" and stored["no-power-state"] == "unknown"
+    assert stored["retired-size"] == "running"
+    assert all(rid == rid.lower() for rid in ids)
+    flagged = {name.lower() for _, name in world.findings(result.run_id)}
+    assert "idle-upper" in flagged
+    assert not {"hibernated-a100", "no-power-state", "retired-size"} & flagged

@@ -170,6 +170,33 @@ def test_a_failing_action_is_audited_the_rest_go_on_and_a_retry_finishes(world):
     assert world.sim.requests["deallocate"] - posts == 1  # nothing done twice
 
 
+def test_a_deallocation_that_outlasts_its_timeout_is_audited_failed_and_not_resent(world):
+    world.night()
+    plan, _ = world.plan(rule_ids=[STOPPED])
+    world.settings = world.settings.model_copy(
+        update={
+            "remediation": world.settings.remediation.model_copy(
+                update={"deallocate_timeout_seconds": 2}
+            )
+        }
+    )
+    world.sim.operation_seconds = 4  # Azure still working on it when the job stops waiting
+    outcomes = world.apply(plan)
+    assert {o.outcome for o in outcomes} == {"failed"}
+    assert world.sim.requests["deallocate"] == len(plan["actions"])  # one POST each, no storm
+    with world.engine.connect() as conn:
+        errors = (
+            conn.execute(select(schema.audit.c.error).where(schema.audit.c.outcome == "failed"))
+            .scalars()
+            .all()
+        )
+    assert errors and all("still running after 2 s" in e for e in errors)
+    time.sleep(4)  # the operations end in Azure; the plan applies again, and finds them done
+    again = world.apply(plan)
+    assert {(o.outcome, o.reason) for o in again} == {("noop", "already deallocated")}
+    assert world.sim.requests["deallocate"] == len(plan["actions"])
+
+
 def test_tampered_stale_foreign_and_oversized_plans_are_refused(world, tmp_path):
     world.night()
     _, path = world.plan()

@@ -37,6 +37,10 @@ CPU_SIZES = {
     "Standard_D8s_v5": (8, 32, Decimal("0.384"), "standardDSv5Family"),
     "Standard_E8s_v5": (8, 64, Decimal("0.504"), "standardESv5Family"),
 }
+# Sizes a VM may still carry but that neither the SKU API nor the catalog lists any more (NCv3,
+# retired): the job must store such VMs without calling them GPU VMs or failing.
+RETIRED_SIZES = {"Standard_NC6s_v3": (6, 112, Decimal("3.06"), "standardNCSv3Family")}
+NON_GPU_SIZES = {**CPU_SIZES, **RETIRED_SIZES}  # as far as the catalog knows
 REGIONS = ("eastus", "westeurope")
 SUBSCRIPTION_NAMES = ("ml-research", "ml-production", "platform-shared")
 STORAGE_DAILY_COST = Decimal("12.500000")
@@ -118,14 +122,14 @@ class SimVM:
     @property
     def vcpus(self) -> int:
         gpu = gpu_size(self.size)
-        return gpu.vcpus if gpu else CPU_SIZES[self.size][0]
+        return gpu.vcpus if gpu else NON_GPU_SIZES[self.size][0]
 
     @property
     def hourly_price(self) -> Decimal:
         gpu = gpu_size(self.size)
         if gpu:
             return gpu.usd_per_hour or Decimal(0)
-        return CPU_SIZES[self.size][2]
+        return NON_GPU_SIZES[self.size][2]
 
     @property
     def billed_until_h(self) -> int:
@@ -630,13 +634,16 @@ class Estate:
 
     def _quota_limits(self) -> dict[tuple[str, str, str], int]:
         """(subscription, region, family) -> vCPU limit; the ND A100 quota is near its limit."""
-        limits: dict[tuple[str, str, str], int] = {}
-        for key, used in self.quota_usage().items():
-            limits[key] = max(100, -(-used * 2 // 100) * 100)
+        limits = {key: self.default_quota(used) for key, used in self.quota_usage().items()}
         story = (self.subscriptions[0].subscription_id, "eastus", "standardNDASv4_A100Family")
         if story in limits:
             limits[story] = 800
         return limits
+
+    @staticmethod
+    def default_quota(used: int) -> int:
+        """Twice the use, rounded up to a hundred vCPUs, at least 100."""
+        return max(100, -(-used * 2 // 100) * 100)
 
     # -- changes (what applied actions do) ------------------------------------------------
     def change(self, vm: SimVM, **fields: Any) -> None:
@@ -691,7 +698,7 @@ class Estate:
 
     def quota_family(self, size: str) -> str:
         gpu = gpu_size(size)
-        return gpu.quota_family if gpu else CPU_SIZES[size][3]
+        return gpu.quota_family if gpu else NON_GPU_SIZES[size][3]
 
     def quota_usage(self) -> dict[tuple[str, str, str], int]:
         used: dict[tuple[str, str, str], int] = {}

@@ -92,6 +92,8 @@ class SimServer:
         # (subscription, cost type, first day, last day) of each cost query asked
         self.cost_periods: list[tuple[str, str, Any, Any]] = []
         self.faults: list[Fault] = []
+        self.operation_seconds = 0.0  # how long a deallocation stays InProgress
+        self.operations: dict[str, float] = {}  # operation id -> when it started
         self._lock = threading.Lock()
         self._dir = tempfile.TemporaryDirectory(prefix="finops-sim-")
         ca = trustme.CA()
@@ -270,12 +272,16 @@ def list_subscriptions(req: Request) -> Reply:
 
 
 def _power_status(state: str) -> list[dict[str, str]]:
-    display = {"running": "VM running", "stopped": "VM stopped", "deallocated": "VM deallocated"}
+    """The instance view statuses; an empty state leaves the power state out, as Azure does
+    for a VM whose agent has not reported it."""
     provisioned = "Provisioning succeeded"
-    return [
-        {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": provisioned},
-        {"code": f"PowerState/{state}", "level": "Info", "displayStatus": display[state]},
+    statuses = [
+        {"code": "ProvisioningState/succeeded", "level": "Info", "displayStatus": provisioned}
     ]
+    if state:
+        display = f"VM {state}"
+        statuses.append({"code": f"PowerState/{state}", "level": "Info", "displayStatus": display})
+    return statuses
 
 
 def list_vms(req: Request, subscription_id: str) -> Reply:
@@ -359,7 +365,7 @@ def list_usages(req: Request, subscription_id: str, location: str) -> Reply:
             {
                 "unit": "Count",
                 "currentValue": value,
-                "limit": estate.quota_limits[(sid, loc, family)],
+                "limit": estate.quota_limits.get((sid, loc, family), estate.default_quota(value)),
                 "name": {"value": family, "localizedValue": f"{family} vCPUs"},
             }
         )
@@ -725,9 +731,11 @@ def vm_instance_view(req: Request, subscription_id: str, group: str, name: str) 
 def deallocate_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
     vm = _vm(req, subscription_id, group, name)
     req.sim.estate.change(vm, power_state="deallocated")
+    op = str(uuid.uuid4())
+    req.sim.operations[op] = time.monotonic()
     operation = (
         f"{req.sim.url}/subscriptions/{vm.subscription_id}/providers/Microsoft.Compute"
-        f"/locations/{vm.location}/operations/{uuid.uuid4()}"
+        f"/locations/{vm.location}/operations/{op}"
     )
     version = req.query["api-version"]
     return (
@@ -745,6 +753,9 @@ def compute_operation(req: Request, subscription_id: str, location: str, op: str
     if req.query.get("monitor") == "true":
         return 200, None, {}
     now = _iso(datetime.now(UTC))
+    started = req.sim.operations.get(op, 0.0)
+    if time.monotonic() - started < req.sim.operation_seconds:
+        return 200, {"name": op, "status": "InProgress", "startTime": now}, {"Retry-After": "1"}
     return 200, {"name": op, "status": "Succeeded", "startTime": now, "endTime": now}, {}
 
 
