@@ -36,6 +36,7 @@ class Collection:
     vm_sizes: list[Row] = field(default_factory=list)
     quotas: list[Row] = field(default_factory=list)
     schedules: list[Row] = field(default_factory=list)
+    resource_groups: list[Row] = field(default_factory=list)
     metrics: list[Row] = field(default_factory=list)  # VMs' and AI deployments' hourly series
     ai_deployments: list[Row] = field(default_factory=list)
     costs: list[Row] = field(default_factory=list)
@@ -54,6 +55,7 @@ class Collection:
                 "vm_sizes",
                 "quotas",
                 "schedules",
+                "resource_groups",
                 "ai_deployments",
                 "metrics",
                 "costs",

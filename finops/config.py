@@ -67,6 +67,13 @@ class RuleSettings(BaseModel):
         ge=0,
         description="gpu-cost-anomaly: and by more than this, in the billing currency",
     )
+    required_tags: list[str] = Field(
+        ["owner", "cost-center", "environment"],
+        description="gpu-vm-missing-tags: tags every GPU VM must carry",
+    )
+    quota_near_percent: Percent = Field(
+        80, description="gpu-quota-near-limit: a GPU family's quota used at or above this"
+    )
     anomaly_baseline_days: int = Field(
         14, ge=3, le=60, description="gpu-cost-anomaly: days the trailing median is taken over"
     )

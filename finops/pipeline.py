@@ -107,8 +107,10 @@ def collect(
         for sub in (s["subscription_id"] for s in night.subscriptions):
             with tolerated(night, "inventory", f"subscription {sub}"):
                 vms, schedules = inventory.vms(clients, sub), inventory.schedules(clients, sub)
+                groups = inventory.resource_groups(clients, sub)
                 night.vms += vms
                 night.schedules += schedules
+                night.resource_groups += groups
                 sub_ids.append(sub)
         regions = {vm["location"] for vm in night.vms}
         if sub_ids and regions:

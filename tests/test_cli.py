@@ -71,6 +71,8 @@ def test_demo_reports_exactly_the_seeded_vms_and_is_repeatable(tmp_path):
     # the crashed training job's resource group, and none of the near-misses
     alerts = set(re.findall(r'<tr data-alert="([^"]+)" data-rules="gpu-cost-anomaly"', html))
     assert alerts == estate.expected_groups(ANOMALY)
+    quotas = set(re.findall(r'<tr data-alert="([^"]+)" data-rules="gpu-quota-near-limit"', html))
+    assert quotas == estate.expected_quotas()
     # costs from the Query API and from the simulator's FOCUS export, and they agree
     assert re.search(r"FOCUS exports \([12] file\(s\)\) for 9\d;", html)
     assert re.search(r"They agree on all 9\d subscription-day\(s\) both cover", html)

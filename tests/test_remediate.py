@@ -20,6 +20,7 @@ from finops.remediate.plan import PlanError, checksum
 from finops.sim.estate import (
     ANOMALY,
     IDLE,
+    MISSING_TAGS,
     NO_SHUTDOWN,
     PAYG_PTU,
     PTU_SATURATED,
@@ -43,10 +44,32 @@ def expected_pairs(estate: Estate) -> set[tuple[str, str]]:
     } | not_acted_on(estate)
 
 
+def taggable(estate: Estate) -> set[str]:
+    """GPU VMs missing tags that their resource group carries."""
+    return {
+        vm.name
+        for vm in estate.vms
+        if vm.id.lower() in estate.expected(MISSING_TAGS)
+        and set(estate.missing_tags(vm))
+        & set(estate.group_tags.get((vm.subscription_id, vm.resource_group.lower()), {}))
+    }
+
+
+def quota_alerts(estate: Estate) -> set[tuple[str, str]]:
+    """The nearly full A100 quota: deallocating the idle nodes frees it."""
+    return {("gpu-quota-near-limit", q.rsplit("/", 1)[1]) for q in estate.expected_quotas()}
+
+
 def not_acted_on(estate: Estate) -> set[tuple[str, str]]:
-    """Findings no plan acts on: yesterday's jump in GPU spend (still on the bill after the VMs
-    are deallocated) and the PTU findings (advice, not actions)."""
+    """Findings no plan acts on: the quota alert, yesterday's jump in GPU spend (still on the
+    bill after the VMs are deallocated) and the PTU findings (advice, not actions)."""
+    return left_after_apply(estate) | quota_alerts(estate)
+
+
+def left_after_apply(estate: Estate) -> set[tuple[str, str]]:
+    """Also every missing-tags finding: no resource group carries `environment`."""
     alerts = {(ANOMALY, group.rsplit("/", 1)[1]) for group in estate.expected_groups(ANOMALY)}
+    alerts |= {(MISSING_TAGS, estate.by_id[rid].name) for rid in estate.expected(MISSING_TAGS)}
     return alerts | {
         (rule, rid.rsplit("/", 1)[1])
         for rule in (PTU_UNDERUSED, PAYG_PTU, PTU_SATURATED)
@@ -64,11 +87,12 @@ def test_plan_records_every_action_and_changes_nothing(world):
     wanted = {
         ("deallocate" if rule in (IDLE, STOPPED) else "create-auto-shutdown", name)
         for rule, name in expected_pairs(world.estate) - not_acted_on(world.estate)
-    }
+    } | {("merge-tags", name) for name in taggable(world.estate)}
     assert kinds == wanted  # alerts and PTU advice: no action
     for action in plan["actions"]:
-        assert action["finding"]["rule_id"] in (IDLE, NO_SHUTDOWN, STOPPED)
-        assert Decimal(action["monthly_saving"]) > 0 and action["currency"] == "USD"
+        assert action["finding"]["rule_id"] in (IDLE, NO_SHUTDOWN, STOPPED, MISSING_TAGS)
+        saves = action["kind"] != "merge-tags"  # tags make money visible, not smaller
+        assert (Decimal(action["monthly_saving"]) > 0) == saves and action["currency"] == "USD"
         assert action["expected"]
     assert not any(world.sim.requests[r] for r in MUTATING)
     with world.engine.connect() as conn:
@@ -106,10 +130,11 @@ def test_apply_fixes_the_findings_and_the_next_night_shows_them_gone(world):
     assert world.vm("viz-nv-a10-stopped").power_state == "deallocated"
     assert world.vm("nb-nc-t4-busy").power_state == "running"  # busy: scheduled, not stopped
     second = world.night()
-    assert world.findings(second.run_id) == not_acted_on(world.estate)
+    assert world.findings(second.run_id) == left_after_apply(world.estate)
     html = second.report.read_text()
     headline = re.search(r'id="headline"[^>]*>([^<]*)<', html).group(1)
-    assert "Resolved since the previous night: 23 finding(s), USD 213,692.29 a month." in headline
+    # the 23 acted on, and the quota alert their deallocation cleared
+    assert "Resolved since the previous night: 24 finding(s), USD 213,692.29 a month." in headline
     with world.engine.connect() as conn:
         audit = conn.execute(select(schema.audit).order_by(schema.audit.c.id)).all()
     assert len(audit) == len(plan["actions"])
@@ -302,17 +327,17 @@ def test_demo_plan_apply_then_next_night(tmp_path):
     plan_path = planned.stdout.strip().splitlines()[-1]
     applied = finops("apply", plan_path, "--yes", cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.strip().splitlines()[-1] == "23 succeeded, 0 noop, 0 skipped, 0 failed"
+    assert applied.stdout.strip().splitlines()[-1] == "25 succeeded, 0 noop, 0 skipped, 0 failed"
     night = finops("demo", cwd=tmp_path)
     html = Path(night.stdout.strip().splitlines()[-1]).read_text()
     from tests.test_cli import report_findings
 
     left = report_findings(Path(night.stdout.strip().splitlines()[-1]))
     assert set(left) == {PTU_UNDERUSED, PAYG_PTU}  # PTU advice: no VM left to act on
-    assert "Resolved since the previous night: 23 finding(s), USD 213,692.29 a month." in html
+    assert "Resolved since the previous night: 24 finding(s), USD 213,692.29 a month." in html
     audit = finops("audit", cwd=tmp_path)
     assert audit.returncode == 0
-    assert sum(" succeeded " in line for line in audit.stdout.splitlines()) == 23
+    assert sum(" succeeded " in line for line in audit.stdout.splitlines()) == 25
     assert "upn:finops-demo@simulated.invalid" in audit.stdout
 
 

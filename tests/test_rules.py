@@ -262,7 +262,7 @@ def test_metrics_outside_the_window_are_ignored(sqlite_url):
     night = Night().vm("old-idle", gpu=(1.0, 2.0), schedule="Enabled")
     for row in night.c.metrics:
         row["ts"] -= timedelta(days=8)
-    assert not night.evaluate(sqlite_url)
+    assert {rule for rule, _ in night.evaluate(sqlite_url)} == {MISSING}  # untagged, nothing more
 
 
 def test_headline_leads_with_the_configured_currency_and_counts_each_vm_once():
@@ -363,3 +363,65 @@ def test_gpu_cost_anomaly_thresholds_come_from_settings(db_url):
     _spend_history(night, "vm", "1000", "1400")
     tuned = night.evaluate(db_url, rules={"anomaly_percent": 30, "anomaly_min_amount": 300})
     assert [k for k in tuned if k[0] == ANOMALY]
+
+
+QUOTA = "gpu-quota-near-limit"
+
+
+def test_gpu_quota_near_limit_where_gpu_vms_run(db_url):
+    night = Night()
+    night.vm("a100", gpu=(60.0, 90.0), schedule="Enabled")  # a GPU VM running in eastus
+
+    def quota(family, used, limit, location="eastus"):
+        night.c.quotas.append(
+            {
+                "subscription_id": SUB,
+                "location": location,
+                "family": family,
+                "display_name": f"{family} vCPUs",
+                "current_value": used,
+                "limit": limit,
+            }
+        )
+
+    quota("StandardNCADSA100v4Family", 80, 100)  # 80 %: at the threshold, named
+    quota("standardNDSH100v5Family", 79, 100)  # 79 %: not
+    quota("standard NCASv3_T4 Family", 95, 100)  # GPU family, spelled with spaces: named
+    quota("standardDSv5Family", 99, 100)  # not a GPU family
+    quota("standardNDASv4_A100Family", 96, 100, location="westeurope")  # no GPU VM runs there
+    found = night.evaluate(db_url)
+    named = {name for rule, name in found if rule == QUOTA}
+    assert named == {"standardncadsa100v4family", "standard ncasv3_t4 family"}
+    f = found[(QUOTA, "standardncadsa100v4family")]
+    assert f.monthly_saving == 0 and f.evidence["percent_used"] == "80.0"
+    assert f.evidence["gpu_vms_in_region"] == 1
+    tuned = night.evaluate(db_url, rules={"quota_near_percent": 90})
+    assert {name for rule, name in tuned if rule == QUOTA} == {"standard ncasv3_t4 family"}
+
+
+MISSING = "gpu-vm-missing-tags"
+
+
+def test_gpu_vm_missing_tags_merges_what_the_resource_group_carries(db_url):
+    night = Night()
+    full = {"Owner": "dana", "cost-center": "cc-1", "environment": "prod"}  # any case
+    night.vm("tagged", gpu=(60.0, 90.0), schedule="Enabled", tags=full)
+    night.vm("bare", gpu=(60.0, 90.0), schedule="Enabled")
+    night.vm("blank-owner", state="deallocated", tags={**full, "Owner": " "})
+    night.vm("cpu-vm", size="Standard_D4s_v5", cpu=(50.0, 60.0))
+    night.c.resource_groups.append(
+        {"subscription_id": SUB, "name": "rg", "tags": {"owner": "lee", "Cost-Center": "cc-9"}}
+    )
+    found = night.evaluate(db_url)
+    assert {name for rule, name in found if rule == MISSING} == {"bare", "blank-owner"}
+    bare = found[(MISSING, "bare")]
+    assert bare.evidence["missing"] == ["owner", "cost-center", "environment"]
+    assert bare.evidence["tags_to_merge"] == {"owner": "lee", "cost-center": "cc-9"}
+    assert bare.evidence["nobody_can_tell"] == ["environment"]
+    assert bare.proposed_action == "merge-tags" and bare.monthly_saving == 0
+    assert found[(MISSING, "blank-owner")].evidence["tags_to_merge"] == {"owner": "lee"}
+    only_owner = night.evaluate(db_url, rules={"required_tags": ["owner"]})
+    assert {name for rule, name in only_owner if rule == MISSING} == {"bare", "blank-owner"}
+    team = night.evaluate(db_url, rules={"required_tags": ["team"]})
+    assert found[(MISSING, "bare")].proposed_action == "merge-tags"
+    assert team[(MISSING, "tagged")].proposed_action is None  # nobody carries `team`

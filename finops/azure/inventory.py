@@ -155,3 +155,15 @@ def schedules(clients: AzureClients, subscription_id: str) -> list[Row]:
             }
         )
     return rows
+
+
+def resource_groups(clients: AzureClients, subscription_id: str) -> list[Row]:
+    """The subscription's resource groups with their tags (one paged list)."""
+    return [
+        {
+            "subscription_id": subscription_id,
+            "name": group.name.lower(),
+            "tags": dict(group.tags or {}),
+        }
+        for group in clients.resources(subscription_id).resource_groups.list()
+    ]

@@ -20,7 +20,6 @@ from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, counted, spend_t
 TREND_DAYS = 30
 YEARLY = "yearly-reservation"
 PTU_RULES = ("ptu-underused", "payg-ptu-candidate", "ptu-saturated")
-QUOTA_WARN_PERCENT = 80
 
 
 @dataclass
@@ -42,6 +41,7 @@ class ReportData:
     freshness: dict[str, Any]
     findings: list[dict[str, Any]] = field(default_factory=list)
     ptu: dict[str, Any] = field(default_factory=dict)  # AI deployments: PTU vs pay-as-you-go
+    teams: dict[str, Any] = field(default_factory=dict)  # savings by owner and cost center
 
     @property
     def date(self) -> date:
@@ -138,12 +138,10 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         )
     }
     rows = _findings(conn, run, {**vms, **deployments}, subs, titles)
-    alerts = [
-        f
-        for f in rows
-        if f["saving_basis"] == "none" and not f["monthly_saving"] and not f["exempt"]
-    ]
-    active = [f for f in rows if not f["exempt"] and f not in alerts]
+    kinds = {rule_id: getattr(module, "KIND", "saving") for rule_id, module in registry().items()}
+    alerts = [f for f in rows if kinds.get(f["rule_id"]) == "alert" and not f["exempt"]]
+    hygiene = [f for f in rows if kinds.get(f["rule_id"]) == "hygiene" and not f["exempt"]]
+    active = [f for f in rows if not f["exempt"] and f not in alerts and f not in hygiene]
     totals = savings_by_currency(active)
     currency = (
         settings.currency
@@ -151,7 +149,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         else max(totals.items(), key=lambda kv: kv[1])[0]
     )
     top, more = _top(active, settings.report_top_vms)
-    changes = _changes(conn, run, active + alerts)
+    changes = _changes(conn, run, active + alerts + hygiene)
     line = headline(active, titles, settings.currency)
     if alerts:
         line += f" {len(alerts)} alert(s) to investigate: {alerts[0]['title']}."
@@ -173,7 +171,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         changes=changes,
         exempt=[f for f in rows if f["exempt"]],
         fleet=_fleet(conn, run, vms, sizes, gpu_ids, rows),
-        quotas=_quotas(conn, run_id, subs),
+        quotas=_quotas(conn, run_id, subs, settings.rules.quota_near_percent),
         trend=spend["trend"],
         spend=spend,
         alerts=alerts,
@@ -181,6 +179,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         freshness=_freshness(conn, run),
         findings=active,
         ptu=_ptu(conn, run, settings, deployments, subs, rows),
+        teams=_teams(conn, run, vms, gpu_ids, active, hygiene, currency),
     )
 
 
@@ -575,7 +574,50 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
     return {"rows": rows, "basis": basis, "explained": explained}
 
 
-def _quotas(conn: Connection, run_id: int, subs: dict[str, str]) -> list[dict[str, Any]]:
+def _tag(tags: dict | None, name: str) -> str:
+    for key, value in (tags or {}).items():
+        if key.lower() == name and str(value).strip():
+            return str(value)
+    return ""
+
+
+def _teams(conn, run, vms, gpu_ids, active, hygiene, currency) -> dict[str, Any]:
+    """Each team's money (by owner and cost-center tags, each resource counted once at its
+    largest saving), the 30-day spend of GPU VMs without an owner or cost center, and how many
+    GPU VMs lack required tags."""
+    best: dict[str, dict[str, Any]] = {}
+    for f in active:
+        if f["currency"] == currency and f["monthly_saving"] > best.get(f["resource_id"], {}).get(
+            "monthly_saving", Decimal(-1)
+        ):
+            best[f["resource_id"]] = f
+    teams: dict[tuple[str, str], dict[str, Any]] = {}
+    for rid, f in best.items():
+        tags = vms.get(rid, {}).get("tags")
+        key = (_tag(tags, "owner") or "(no owner)", _tag(tags, "cost-center") or "(none)")
+        entry = teams.setdefault(
+            key, {"owner": key[0], "cost_center": key[1], "resources": 0, "saving": Decimal(0)}
+        )
+        entry["resources"] += 1
+        entry["saving"] += f["monthly_saving"]
+    untagged = {
+        rid
+        for rid in gpu_ids
+        if not (_tag(vms[rid]["tags"], "owner") and _tag(vms[rid]["tags"], "cost-center"))
+    }
+    spend = _vm_spend(conn, run, untagged)
+    untagged_spend = sum((s.get(currency, Decimal(0)) for s in spend.values()), Decimal(0))
+    return {
+        "rows": sorted(teams.values(), key=lambda e: -e["saving"]),
+        "currency": currency,
+        "untagged_vms": len(untagged),
+        "untagged_spend": fmt(untagged_spend, currency),
+        "missing_tags": len(hygiene),
+        "fixable": sum(1 for f in hygiene if f["proposed_action"] == "merge-tags"),
+    }
+
+
+def _quotas(conn: Connection, run_id: int, subs: dict[str, str], near: float) -> list[dict]:
     rows = []
     for q in conn.execute(select(schema.quotas).where(schema.quotas.c.run_id == run_id)):
         percent = q.current_value / q.limit * 100 if q.limit else 0.0
@@ -587,7 +629,7 @@ def _quotas(conn: Connection, run_id: int, subs: dict[str, str]) -> list[dict[st
                 "used": q.current_value,
                 "limit": q.limit,
                 "percent": round(percent),
-                "near": percent >= QUOTA_WARN_PERCENT,
+                "near": percent >= near,
             }
         )
     return sorted(rows, key=lambda r: -r["percent"])

@@ -21,6 +21,7 @@ from finops.store.costs import counted, spend_type
 ID = "gpu-cost-anomaly"
 TITLE = "GPU spend jumped"
 SEVERITY = "high"
+KIND = "alert"  # no saving of its own: a risk or a jump to investigate
 WHY = (
     "A day's GPU spend well above its usual level is how a forgotten cluster or a runaway job "
     "first shows on the bill. Caught the next morning it costs a day; caught at month end it "

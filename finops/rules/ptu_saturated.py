@@ -14,6 +14,7 @@ from finops.rules.ptu_pricing import deployments, usage
 ID = "ptu-saturated"
 TITLE = "Provisioned throughput saturated"
 SEVERITY = "high"
+KIND = "alert"  # no saving of its own: a risk or a jump to investigate
 WHY = (
     "At 100 % utilization a PTU deployment answers 429 and callers wait or fail. It is a risk, "
     "not a saving: add PTUs, or configure spillover to a pay-as-you-go deployment."

@@ -28,6 +28,9 @@ ANOMALY = "gpu-cost-anomaly"  # on a VM: its resource group's GPU spend jumped b
 PTU_UNDERUSED = "ptu-underused"
 PAYG_PTU = "payg-ptu-candidate"
 PTU_SATURATED = "ptu-saturated"
+QUOTA = "gpu-quota-near-limit"
+MISSING_TAGS = "gpu-vm-missing-tags"
+REQUIRED_TAGS = ("owner", "cost-center", "environment")
 EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
 
 # Simulated list prices of the CPU sizes the estate uses (USD/hour; GPU prices come from the
@@ -207,6 +210,11 @@ class Estate:
         self.quota_limits = self._quota_limits()
         self.group_tags: dict[tuple[str, str], dict[str, str]] = {
             (self.subscriptions[0].subscription_id, "ml-training"): {"owner": "dana"},
+            # the render VMs carry no tags: their group's owner and cost center can be merged
+            (self.subscriptions[2].subscription_id, "render"): {
+                "owner": "mika",
+                "cost-center": "cc-5300",
+            },
         }
         self.lock = threading.RLock()
         self.state_file = state_file
@@ -371,6 +379,7 @@ class Estate:
             on_since_h=month,
             off_since_h=12 * 24,
             gpu=BUSY,
+            tags=team,
             scenario="near-miss: deallocated, no schedule",
         )
         add(
@@ -633,12 +642,31 @@ class Estate:
             )
 
     def _quota_limits(self) -> dict[tuple[str, str, str], int]:
-        """(subscription, region, family) -> vCPU limit; the ND A100 quota is near its limit."""
+        """(subscription, region, family) -> vCPU limit: twice the use, but for the scenarios."""
         limits = {key: self.default_quota(used) for key, used in self.quota_usage().items()}
-        story = (self.subscriptions[0].subscription_id, "eastus", "standardNDASv4_A100Family")
-        if story in limits:
-            limits[story] = 800
+        for key, (limit, _) in self.quota_scenarios().items():
+            if key in limits:
+                limits[key] = limit
         return limits
+
+    def quota_scenarios(self) -> dict[tuple[str, str, str], tuple[int, bool]]:
+        """(subscription, region, family) -> (limit, whether gpu-quota-near-limit must name it)."""
+        subs = [s.subscription_id for s in self.subscriptions]
+        return {
+            # the eight A100 nodes use 768 of 800 vCPUs: the next job cannot start
+            (subs[0], "eastus", "standardNDASv4_A100Family"): (800, True),
+            # near-miss: 96 of 125 vCPUs, 77 %
+            (subs[1], "eastus", "standardNDSH100v5Family"): (125, False),
+        }
+
+    def expected_quotas(self) -> set[str]:
+        """Lower-cased ids the quota rule gives the quotas it must name."""
+        return {
+            f"/subscriptions/{sub}/providers/microsoft.compute/locations/{region}/usages/"
+            f"{family.lower()}"
+            for (sub, region, family), (_, expect) in self.quota_scenarios().items()
+            if expect
+        }
 
     @staticmethod
     def default_quota(used: int) -> int:
@@ -772,6 +800,10 @@ class Estate:
             "throttled": throttled,
         }
 
+    def missing_tags(self, vm: SimVM) -> list[str]:
+        have = {k.lower() for k, v in vm.tags.items() if v}
+        return [t for t in REQUIRED_TAGS if t not in have]
+
     def expected_groups(self, rule: str) -> set[str]:
         """Lower-cased ids of the resource groups of the VMs labelled with `rule`."""
         return {vm.id.lower().split("/providers/")[0] for vm in self.vms if rule in vm.expect}
@@ -797,4 +829,6 @@ class Estate:
             for d in a.deployments
             if rule in d.expect
         }
+        if rule == MISSING_TAGS:  # every GPU VM without the required tags, fillers included
+            return {vm.id.lower() for vm in self.vms if vm.is_gpu and self.missing_tags(vm)}
         return {vm.id.lower() for vm in self.vms if rule in vm.expect} | deployments

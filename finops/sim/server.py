@@ -782,6 +782,31 @@ def get_group(req: Request, subscription_id: str, group: str) -> Reply:
     return 200, item, {}
 
 
+def list_groups(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    names: dict[str, str] = {}
+    for vm in estate.vms_in(sub.subscription_id):
+        names.setdefault(vm.resource_group.lower(), vm.resource_group)
+    for account in estate.accounts_in(sub.subscription_id):
+        names.setdefault(account.resource_group.lower(), account.resource_group)
+    names.setdefault("shared", "shared")
+    items = []
+    for key, name in sorted(names.items()):
+        item = {
+            "id": f"/subscriptions/{sub.subscription_id}/resourceGroups/{name}",
+            "name": name,
+            "type": "Microsoft.Resources/resourceGroups",
+            "location": "eastus",
+            "properties": {"provisioningState": "Succeeded"},
+        }
+        tags = estate.group_tags.get((sub.subscription_id, key))
+        if tags:
+            item["tags"] = dict(tags)
+        items.append(item)
+    return 200, req.page(items, req.sim.page_size), {}
+
+
 def patch_tags(req: Request, scope: str) -> Reply:
     estate = req.sim.estate
     body = req.body or {}
@@ -894,6 +919,7 @@ def _routes() -> list[Route]:
         ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),
         ("deallocate", "POST", vm + "/deallocate", compute_api, deallocate_vm),
         ("group", "GET", group, arm, get_group),
+        ("groups", "GET", sub + "/resourcegroups", arm, list_groups),
         ("tags", "PATCH", r"/(.+)/providers/Microsoft\.Resources/tags/default", arm, patch_tags),
         ("schedule", "GET", schedule, labs, get_schedule),
         ("schedule-put", "PUT", schedule, labs, put_schedule),

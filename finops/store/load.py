@@ -71,6 +71,9 @@ def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, in
         "vm_sizes": insert(conn, schema.vm_sizes, night.vm_sizes, run_id=run_id),
         "quotas": insert(conn, schema.quotas, night.quotas, run_id=run_id),
         "schedules": insert(conn, schema.schedules, night.schedules, run_id=run_id),
+        "resource_groups": insert(
+            conn, schema.resource_groups, night.resource_groups, run_id=run_id
+        ),
         "ai_deployments": insert(conn, schema.ai_deployments, night.ai_deployments, run_id=run_id),
         "metrics": upsert(
             conn,

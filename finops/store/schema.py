@@ -108,6 +108,15 @@ quotas = Table(
     Column("limit", Integer, nullable=False),
 )
 
+resource_groups = Table(
+    "resource_groups",
+    metadata,
+    _run_id(),
+    Column("subscription_id", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),  # lower-cased
+    Column("tags", JSON, nullable=False),
+)
+
 schedules = Table(
     "schedules",
     metadata,
