@@ -169,7 +169,9 @@ class PtuSettings(BaseModel):
         95, description="ptu-saturated: p95 of hourly peak utilization at or above this"
     )
     pricing_basis: Literal["hourly", "monthly-reservation", "yearly-reservation"] = Field(
-        "hourly", description="how provisioned deployments are billed today"
+        "hourly",
+        description="how PTUs are billed where the store holds no cost for their account "
+        "(otherwise read from amortized cost)",
     )
     catalog_file: Path | None = Field(
         None,

@@ -44,12 +44,14 @@ def store_url(request, backend: str, tmp_path: Path) -> str:
 
 
 def expected_billed(estate: Estate, first: date) -> dict[date, Decimal]:
-    """Each day's billed cost of the estate: its VMs and 3 storage accounts (12.50 a day)."""
+    """Each day's billed cost of the estate: its VMs, its AI accounts and 3 storage accounts
+    (12.50 a day)."""
     expected = {}
     day = first
     while day <= estate.now.date():
         vms = sum(estate.daily_cost(vm, day) for vm in estate.vms)
-        expected[day] = (vms + Decimal("12.5") * len(estate.subscriptions)).quantize(
+        ai = sum(estate.account_daily_cost(a, day) for a in estate.ai_accounts)
+        expected[day] = (vms + ai + Decimal("12.5") * len(estate.subscriptions)).quantize(
             Decimal("0.01")
         )
         day += timedelta(days=1)
@@ -132,9 +134,14 @@ def test_both_cost_types_are_stored_and_differ_under_a_reservation(world):
     )
     day = world.estate.now.date() - timedelta(days=2)
     h100 = world.vm("train-nd-h100-stopped")
-    assert amortized[day] - billed[day] == (h100.hourly_price * 24 * h100.reserved).quantize(
-        Decimal("0.01")
-    )
+    ptus = world.estate.ai_accounts[0]  # under a yearly reservation
+    assert ptus.reservation == "yearly-reservation"
+    ptu_share = world.estate.account_daily_cost(
+        ptus, day, "AmortizedCost"
+    ) - world.estate.account_daily_cost(ptus, day)  # its tokens are billed either way
+    assert ptu_share > 0
+    shares = h100.hourly_price * 24 * h100.reserved + ptu_share
+    assert abs(amortized[day] - billed[day] - shares) <= Decimal("0.01")  # each rounded
 
 
 # -- FOCUS exports ------------------------------------------------------------------------
@@ -356,3 +363,35 @@ def test_exports_in_a_blob_container_load_through_azurite(azurite, tmp_path, sma
     assert totals(engine_for(db), "focus") == expected_billed(small_estate, first)
     again = finops("costs", "import", f"{container_url}/focus", cwd=tmp_path, env=env)
     assert again.returncode == 0 and "0 file(s) loaded" in again.stdout, again.stdout
+
+
+def test_report_spend_splits_each_subscription_day_into_gpu_and_the_rest(world):
+    """The chart data: per subscription and day, GPU VMs against everything else (AI accounts
+    included), amortized, equal to what the estate charged for each."""
+    from finops.report.build import build
+
+    result = world.night()
+    with world.engine.connect() as conn:
+        spend = build(conn, result.run_id, world.settings).spend
+    estate = world.estate
+    days = spend["trend"]["days"]
+    assert len(days) == 30 and days[-1] == estate.now.date() - timedelta(days=1)
+    names = {s.display_name: s.subscription_id for s in estate.subscriptions}
+    assert {row["subscription"] for row in spend["subscriptions"]} == set(names)
+    cent = Decimal("0.01")
+    for row in spend["subscriptions"]:
+        vms = [vm for vm in estate.vms if vm.subscription_id == names[row["subscription"]]]
+        for i, day in enumerate(days):
+            gpu = sum(estate.daily_cost(vm, day, "AmortizedCost") for vm in vms if vm.is_gpu)
+            rest = sum(estate.daily_cost(vm, day, "AmortizedCost") for vm in vms if not vm.is_gpu)
+            rest += sum(
+                estate.account_daily_cost(a, day, "AmortizedCost")
+                for a in estate.accounts_in(names[row["subscription"]])
+            )
+            assert row["daily_gpu"][i].quantize(cent) == gpu.quantize(cent), (row, day)
+            assert row["daily_rest"][i].quantize(cent) == (rest + Decimal("12.5")).quantize(cent)
+        assert row["gpu"] == sum(row["daily_gpu"])
+    assert spend["trend"]["gpu"] == [
+        sum(row["daily_gpu"][i] for row in spend["subscriptions"]) for i in range(len(days))
+    ]
+    assert spend["cost_type"] == "amortized"

@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from finops.azure import openai
 from finops.catalog import ptu_models
@@ -21,6 +22,7 @@ from finops.rules.ptu_pricing import (
     round_ptus,
 )
 from finops.sim.estate import PAYG_PTU, PTU_SATURATED, PTU_UNDERUSED
+from finops.store import schema
 from tests.test_rules import NOW, SUB, Night
 
 GPT4O = ptu_models()[("gpt-4o", "global")]
@@ -72,10 +74,7 @@ class AiNight(Night):
         throttled=0,
         burst_every=0,  # every Nth hour carries 3x the tokens
     ):
-        account = (
-            f"/subscriptions/{SUB}/resourcegroups/ai/providers/"
-            "microsoft.cognitiveservices/accounts/oai"
-        )
+        account = ACCOUNT
         rid = f"{account}/deployments/{name}"
         self.c.ai_deployments.append(
             {
@@ -125,6 +124,31 @@ class AiNight(Night):
                 )
         return self
 
+    def account_cost(self, billed: str, amortized: str, days: int = 7):
+        """The account's daily cost as the Query API collector stores it, both cost types."""
+        for d in range(1, days + 1):
+            for cost_type, amount in (("ActualCost", billed), ("AmortizedCost", amortized)):
+                self.c.costs.append(
+                    {
+                        "source": "query",
+                        "file_id": 0,
+                        "resource_id": ACCOUNT,
+                        "usage_date": NOW.date() - timedelta(days=d),
+                        "cost_type": cost_type,
+                        "meter_category": "Cognitive Services",
+                        "subscription_id": SUB,
+                        "resource_group": "ai",
+                        "cost": Decimal(amount),
+                        "currency": "USD",
+                    }
+                )
+        return self
+
+
+ACCOUNT = (
+    f"/subscriptions/{SUB}/resourcegroups/ai/providers/microsoft.cognitiveservices/accounts/oai"
+)
+
 
 def test_ptu_underused_right_sizes_or_moves_to_pay_as_you_go(db_url):
     night = AiNight()
@@ -147,6 +171,28 @@ def test_ptu_underused_right_sizes_or_moves_to_pay_as_you_go(db_url):
     yearly = night.evaluate(db_url, ptu={"pricing_basis": "yearly-reservation"})
     f = yearly[("ptu-underused", "over")]
     assert f.monthly_saving == Decimal("16625.00") and f.saving_basis == "ptu-yearly-reservation"
+
+
+@pytest.mark.parametrize(
+    ("amortized", "configured", "basis", "saving"),
+    [
+        # a yearly reservation amortizes 100 PTU x 221 a month to 726.58 a day, billed nothing
+        ("726.58", "hourly", "yearly-reservation", "16625.00"),
+        ("854.79", "hourly", "monthly-reservation", "20525.00"),  # 26,000 - 5,475
+        ("2400.00", "yearly-reservation", "hourly", "67525.00"),  # billed as used: no gap
+    ],
+)
+def test_the_pricing_basis_is_read_from_amortized_cost(
+    db_url, amortized, configured, basis, saving
+):
+    night = AiNight()
+    night.deployment("over", util=(20.0, 30.0), tokens_in=1_500_000, tokens_out=375_000)
+    night.account_cost("2400.00" if basis == "hourly" else "0", amortized)
+    f = night.evaluate(db_url, ptu={"pricing_basis": configured})[("ptu-underused", "over")]
+    assert f.evidence["pricing_basis"] == basis and f.saving_basis == f"ptu-{basis}"
+    assert f.evidence["pricing_basis_from"] == "amortized cost"
+    assert f.monthly_saving == Decimal(saving)
+    assert ("commitment" in f.evidence) == (basis != "hourly")
 
 
 def test_ptu_underused_proposes_fewer_ptus_when_tokens_are_dear(db_url):
@@ -252,6 +298,20 @@ def test_the_demo_estate_gives_exactly_the_seeded_ptu_findings(world):
     for rule in (PTU_UNDERUSED, PAYG_PTU, PTU_SATURATED):
         expected = {rid.rsplit("/", 1)[1] for rid in world.estate.expected(rule)}
         assert {name for r, name in found if r == rule} == expected, rule
+    with world.engine.connect() as conn:
+        evidence = conn.execute(
+            select(schema.findings.c.evidence).where(
+                schema.findings.c.run_id == result.run_id,
+                schema.findings.c.rule_id == PTU_UNDERUSED,
+            )
+        ).scalar_one()
+    # oai-prod-eastus holds its PTUs under a yearly reservation: only amortized cost says so
+    assert (evidence["pricing_basis"], evidence["pricing_basis_from"]) == (
+        "yearly-reservation",
+        "amortized cost",
+    )
     html = result.report.read_text()
     assert 'data-deployment="chat-gpt4o-ptu" data-rules="ptu-underused"' in html
+    assert html.count("yearly-reservation (from amortized cost)") == 3  # its 3 PTU deployments
+    assert html.count("hourly (from amortized cost)") == 2  # ais-research-weu's
     assert "break-even at 81 % sustained use" in html

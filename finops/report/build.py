@@ -376,12 +376,17 @@ def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
     for sub, day, gpu_flag, amount in conn.execute(query):
         amount = Decimal(str(amount))
         entry = per_sub.setdefault(
-            sub, {"gpu": Decimal(0), "rest": Decimal(0), "daily": defaultdict(Decimal)}
+            sub,
+            {
+                "daily": defaultdict(Decimal),
+                "gpu": dict.fromkeys(days, Decimal(0)),
+                "rest": dict.fromkeys(days, Decimal(0)),
+            },
         )
         entry["daily"][day] += amount
         if day >= first:
             (gpu if gpu_flag else rest)[day] += amount
-            entry["gpu" if gpu_flag else "rest"] += amount
+            entry["gpu" if gpu_flag else "rest"][day] += amount
     last_day = end - timedelta(days=1)
     days_left = (_month_end(last_day) - last_day).days
     run_rate_days = [last_day - timedelta(days=i) for i in range(7)]
@@ -393,8 +398,10 @@ def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
         rows.append(
             {
                 "subscription": subs.get(sub, sub) if sub else "(no subscription)",
-                "gpu": entry["gpu"],
-                "rest": entry["rest"],
+                "gpu": sum(entry["gpu"].values()),
+                "rest": sum(entry["rest"].values()),
+                "daily_gpu": [entry["gpu"][d] for d in days],
+                "daily_rest": [entry["rest"][d] for d in days],
                 "mtd": mtd,
                 "forecast": mtd + rate * days_left,
             }
@@ -502,6 +509,7 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
     same tokens, and the recommendation of its finding; and the break-even in two sentences."""
     from finops.rules import RunContext
     from finops.rules.ptu_pricing import (
+        billing,
         break_even_percent,
         full_ptu_payg_value,
         is_provisioned,
@@ -511,9 +519,9 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
         usage,
     )
 
-    basis = settings.ptu.pricing_basis
     context = RunContext(run["id"], run["metrics_start"], run["metrics_end"], run["cost_end"])
     used = usage(conn, context, settings, sorted(deployments))
+    billed = billing(conn, context, settings, list(deployments.values()))
     advice = {f["resource_id"]: f for f in findings if f["rule_id"] in PTU_RULES}
     rows = []
     for rid, d in sorted(
@@ -530,6 +538,7 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
             "model": d["model"],
             "sku": d["sku"],
             "ptus": d["capacity"] if provisioned else None,
+            "basis": billed[d["account_id"]].describe() if provisioned else "per token",
             "p50": None,
             "p95": None,
             "monthly": None,
@@ -543,7 +552,9 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
         if model and u:
             row["payg"] = money(u.monthly(payg_cost(model, u.total_in(), u.total_out())))
             row["monthly"] = (
-                money(d["capacity"] * ptu_month(model, basis)) if provisioned else row["payg"]
+                money(d["capacity"] * ptu_month(model, billed[d["account_id"]].basis))
+                if provisioned
+                else row["payg"]
             )
         finding = advice.get(rid)
         if finding:
@@ -571,7 +582,7 @@ def _ptu(conn, run, settings: Settings, deployments, subs, findings) -> dict[str
             "hourly_break_even": f"{break_even_percent(model, 'hourly', zero, zero):.0f}",
             "yearly_break_even": f"{break_even_percent(model, YEARLY, zero, zero):.0f}",
         }
-    return {"rows": rows, "basis": basis, "explained": explained}
+    return {"rows": rows, "explained": explained}
 
 
 def _tag(tags: dict | None, name: str) -> str:

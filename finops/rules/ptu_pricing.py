@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, distinct, func, select
 
 from finops.catalog import HOURS_PER_MONTH, SCOPES, PtuModel, ptu_models
 from finops.config import Settings
 from finops.rules import RunContext
 from finops.rules.common import percentile
 from finops.store import schema
+from finops.store.costs import ACTUAL, AMORTIZED, counted
 
 BASES = ("hourly", "monthly-reservation", "yearly-reservation")
 MILLION = Decimal(1_000_000)
@@ -194,3 +195,59 @@ def usage(
             elif metric == "throttled" and total:
                 entry.throttled += int(total)
     return dict(found)
+
+
+@dataclass(frozen=True)
+class Billing:
+    basis: str  # one of BASES
+    source: str  # "amortized cost" (read from the account's cost) | "config"
+
+    def describe(self) -> str:
+        return f"{self.basis} ({'from amortized cost' if self.source != 'config' else 'config'})"
+
+
+def billing(
+    conn: Connection, run: RunContext, settings: Settings, found: list[dict]
+) -> dict[str, Billing]:
+    """How each account's PTUs are billed. A reservation moves their cost out of billed cost
+    into amortized cost, so the gap between the two per day, set against what the account's
+    PTUs would amortize to a day under a monthly or a yearly reservation (or 0, hourly), tells
+    the basis. An account without cost in the window keeps `ptu.pricing_basis` from config."""
+    per_day: dict[str, dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(BASES, Decimal(0)))
+    for d in found:
+        model = model_for(settings, d["model"], d["sku"])
+        if model is not None and is_provisioned(d["sku"]):
+            for basis in BASES[1:]:
+                month = d["capacity"] * ptu_month(model, basis)
+                per_day[d["account_id"]][basis] += month / HOURS_PER_MONTH * 24
+    cost = counted()
+    start = window(run, settings)[0].date()
+    totals: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    days: dict[str, int] = {}
+    for rid, cost_type, amount, day_count in conn.execute(
+        select(
+            cost.c.resource_id,
+            cost.c.cost_type,
+            func.sum(cost.c.cost),
+            func.count(distinct(cost.c.usage_date)),
+        )
+        .where(
+            cost.c.resource_id.in_(list(per_day)),
+            cost.c.cost_type.in_((ACTUAL, AMORTIZED)),
+            cost.c.usage_date >= start,
+            cost.c.usage_date < run.cost_end,
+        )
+        .group_by(cost.c.resource_id, cost.c.cost_type)
+    ):
+        totals[rid][cost_type] = Decimal(str(amount))
+        days[rid] = max(days.get(rid, 0), day_count)
+    found_billing = {}
+    for account, expected in per_day.items():
+        seen = totals.get(account, {})
+        if AMORTIZED not in seen or not days.get(account):
+            found_billing[account] = Billing(settings.ptu.pricing_basis, "config")
+            continue
+        gap = (seen[AMORTIZED] - seen.get(ACTUAL, Decimal(0))) / days[account]
+        basis = min(BASES, key=lambda b: abs(expected[b] - gap))
+        found_billing[account] = Billing(basis, "amortized cost")
+    return found_billing

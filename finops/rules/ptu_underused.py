@@ -12,6 +12,7 @@ from finops.rules import Finding, RunContext
 from finops.rules.common import money
 from finops.rules.ptu_pricing import (
     Option,
+    billing,
     break_even_percent,
     deployments,
     model_for,
@@ -36,6 +37,7 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
     ptu = settings.ptu
     found = deployments(conn, run, provisioned=True)
     used = usage(conn, run, settings, [d["resource_id"] for d in found])
+    billed = billing(conn, run, settings, found)
     for d in found:
         model = model_for(settings, d["model"], d["sku"])
         u = used.get(d["resource_id"])
@@ -45,7 +47,7 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
         p95 = Decimal(str(summary["utilization_p95"]))
         if p95 >= Decimal(str(ptu.underused_p95_percent)):
             continue
-        basis = ptu.pricing_basis
+        basis = billed[d["account_id"]].basis
         current = d["capacity"] * ptu_month(model, basis)
         needed = round_ptus(model, d["capacity"] * p95 / Decimal(str(ptu.target_percent)))
         tokens_in, tokens_out = u.total_in(), u.total_out()
@@ -72,6 +74,12 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
                 "tokens_out": int(tokens_out),
                 "ptus": d["capacity"],
                 "pricing_basis": basis,
+                "pricing_basis_from": billed[d["account_id"]].source,
+                **(
+                    {"commitment": "the saving comes when the reservation renews or is exchanged"}
+                    if basis != "hourly"
+                    else {}
+                ),
                 "monthly_cost": str(money(current)),
                 "right_sized_ptus": needed,
                 "right_sized_monthly_cost": str(money(needed * ptu_month(model, basis))),

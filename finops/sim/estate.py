@@ -167,6 +167,7 @@ class SimAccount:
     location: str
     kind: str
     deployments: list[SimDeployment]
+    reservation: str | None = None  # its PTUs' basis when not hourly: yearly-/monthly-reservation
 
     @property
     def id(self) -> str:
@@ -207,6 +208,7 @@ class Estate:
         self.by_id = {vm.id.lower(): vm for vm in self.vms}
         self.ai_accounts = self._ai_accounts()
         self.accounts_by_id = {a.id.lower(): a for a in self.ai_accounts}
+        self._account_costs: dict[tuple[int, date, str], Decimal] = {}
         self.quota_limits = self._quota_limits()
         self.group_tags: dict[tuple[str, str], dict[str, str]] = {
             (self.subscriptions[0].subscription_id, "ml-training"): {"owner": "dana"},
@@ -598,7 +600,16 @@ class Estate:
             ),
         ]
         return [
-            SimAccount(0, subs[1], "ai-serving", "oai-prod-eastus", "eastus", "OpenAI", production),
+            SimAccount(
+                0,
+                subs[1],
+                "ai-serving",
+                "oai-prod-eastus",
+                "eastus",
+                "OpenAI",
+                production,
+                reservation="yearly-reservation",
+            ),
             SimAccount(
                 1, subs[0], "ai-lab", "ais-research-weu", "westeurope", "AIServices", research
             ),
@@ -800,6 +811,41 @@ class Estate:
             "throttled": throttled,
         }
 
+    def account_daily_cost(
+        self, account: SimAccount, day: date, cost_type: str = "ActualCost"
+    ) -> Decimal:
+        """The account's cost on that UTC day: its PTUs every hour of history (nothing billed
+        under a reservation, whose share shows in AmortizedCost) and its pay-as-you-go tokens."""
+        key = (account.index, day, cost_type)
+        if key not in self._account_costs:
+            self._account_costs[key] = self._account_cost(account, day, cost_type)
+        return self._account_costs[key]
+
+    def _account_cost(self, account: SimAccount, day: date, cost_type: str) -> Decimal:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        hours = [start + timedelta(hours=h) for h in range(24)]
+        hours = [h for h in hours if timedelta(0) < self.now - h <= timedelta(days=30)]
+        total = Decimal(0)
+        for deployment in account.deployments:
+            model = ptu_models()[(deployment.model, SCOPES[deployment.sku.lower()])]
+            if deployment.util is not None:
+                per_hour = model.ptu_hour
+                if account.reservation and cost_type == "ActualCost":
+                    per_hour = Decimal(0)
+                elif account.reservation == "yearly-reservation" and cost_type != "ListCost":
+                    per_hour = model.ptu_year_reserved / 8760
+                elif account.reservation == "monthly-reservation" and cost_type != "ListCost":
+                    per_hour = model.ptu_month_reserved / 730
+                total += deployment.capacity * per_hour * len(hours)
+                continue
+            for hour in hours:
+                used = self.deployment_hour(account, deployment, hour)
+                total += (
+                    used["tokens_in"] * model.payg_input_per_1m
+                    + used["tokens_out"] * model.payg_output_per_1m
+                ) / 1_000_000
+        return total.quantize(Decimal("0.000001"))
+
     def missing_tags(self, vm: SimVM) -> list[str]:
         have = {k.lower() for k, v in vm.tags.items() if v}
         return [t for t in REQUIRED_TAGS if t not in have]
@@ -809,17 +855,34 @@ class Estate:
         return {vm.id.lower().split("/providers/")[0] for vm in self.vms if rule in vm.expect}
 
     def reservation_purchase(self, subscription_id: str, day: date) -> Decimal:
-        """Monthly reservation payments fall on the 1st; they carry no resource id."""
+        """Monthly reservation payments (VMs and PTUs) fall on the 1st; they carry no resource
+        id."""
         if day.day != 1:
             return Decimal(0)
-        return sum(
+        vms = sum(
             (
                 vm.hourly_price * vm.reserved * 730
                 for vm in self.vms_in(subscription_id)
                 if vm.reserved is not None
             ),
             Decimal(0),
-        ).quantize(Decimal("0.000001"))
+        )
+        ptus = sum(
+            (
+                d.capacity
+                * (
+                    model.ptu_year_reserved / 12
+                    if a.reservation == "yearly-reservation"
+                    else model.ptu_month_reserved
+                )
+                for a in self.accounts_in(subscription_id)
+                if a.reservation
+                for d in a.deployments
+                if d.util is not None and (model := ptu_models()[(d.model, SCOPES[d.sku.lower()])])
+            ),
+            Decimal(0),
+        )
+        return (vms + ptus).quantize(Decimal("0.000001"))
 
     def expected(self, rule: str) -> set[str]:
         """Lower-cased ids of the VMs or AI deployments the given rule (or EXEMPT) must name."""

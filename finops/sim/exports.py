@@ -104,6 +104,33 @@ def _rows(estate: Estate, first: date, last: date) -> Iterator[dict]:
                     "x_SkuMeterCategory": "Virtual Machines",
                     "x_SkuMeterName": vm.size.removeprefix("Standard_").replace("_", " "),
                 }
+            for account in estate.accounts_in(sub.subscription_id):
+                billed = estate.account_daily_cost(account, day, "ActualCost")
+                effective = estate.account_daily_cost(account, day, "AmortizedCost")
+                if not (billed or effective):
+                    continue
+                yield {
+                    **period,
+                    **scope,
+                    "BilledCost": billed,
+                    "EffectiveCost": effective,
+                    "ListCost": estate.account_daily_cost(account, day, "ListCost"),
+                    "ChargeCategory": "Usage",
+                    "ChargeDescription": "Azure OpenAI provisioned throughput and tokens",
+                    "CommitmentDiscountId": "sim-ptu-reservation" if account.reservation else "",
+                    "PricingCategory": "Committed" if account.reservation else "Standard",
+                    "RegionId": account.location,
+                    "ResourceId": account.id,
+                    "ResourceName": account.name,
+                    "ResourceType": "Cognitive Services account",
+                    "ServiceCategory": "AI and Machine Learning",
+                    "ServiceName": "Azure OpenAI",
+                    "SkuId": account.kind,
+                    "Tags": "{}",
+                    "x_ResourceGroupName": account.resource_group,
+                    "x_SkuMeterCategory": "Cognitive Services",
+                    "x_SkuMeterName": "Provisioned Managed and tokens",
+                }
             storage = estate.storage_account_id(sub.subscription_id)
             for meter, amount in STORAGE_METERS:
                 yield {

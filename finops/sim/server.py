@@ -671,6 +671,10 @@ def cost_query(req: Request, scope: str) -> Reply:
             cost = estate.daily_cost(vm, day, cost_type)
             if cost:
                 rows.append(_cost_row(cost, number, vm.id.lower(), "Virtual Machines", groups))
+        for account in estate.accounts_in(sub.subscription_id):
+            cost = estate.account_daily_cost(account, day, cost_type)
+            if cost:
+                rows.append(_cost_row(cost, number, account.id.lower(), AI_METERS, groups))
         storage = estate.storage_account_id(sub.subscription_id).lower()
         rows.append(_cost_row(STORAGE_DAILY_COST, number, storage, "Storage", groups))
         purchase = estate.reservation_purchase(sub.subscription_id, day)
@@ -695,6 +699,9 @@ def cost_query(req: Request, scope: str) -> Reply:
         },
         {},
     )
+
+
+AI_METERS = "Cognitive Services"
 
 
 def _cost_row(cost, number: int, rid: str, category: str, groups: list[str]) -> list[Any]:
