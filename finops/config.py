@@ -74,6 +74,18 @@ class RuleSettings(BaseModel):
     quota_near_percent: Percent = Field(
         80, description="gpu-quota-near-limit: a GPU family's quota used at or above this"
     )
+    oversized_memory_p95_percent: Percent = Field(
+        50, description="gpu-vm-oversized: p95 of hourly peak GPU memory used below this of VRAM"
+    )
+    oversized_gpu_p95_percent: Percent = Field(
+        60, description="gpu-vm-oversized: and p95 of hourly peak GPU utilisation at most this"
+    )
+    oversized_headroom_percent: float = Field(
+        25, ge=0, description="gpu-vm-oversized: VRAM the smaller size keeps above the p95 use"
+    )
+    oversized_target_gpu_percent: Percent = Field(
+        80, description="gpu-vm-oversized: GPU utilisation the smaller size may reach at p95"
+    )
     anomaly_baseline_days: int = Field(
         14, ge=3, le=60, description="gpu-cost-anomaly: days the trailing median is taken over"
     )
@@ -278,6 +290,9 @@ class AzureSettings(BaseModel):
         "telegraf/nvidia_smi", description="custom metric namespace of the GPU guest metric"
     )
     gpu_metric_name: str = Field("utilization_gpu", description="GPU utilisation metric name")
+    gpu_memory_metric_name: str = Field(
+        "memory_used", description="GPU memory used metric name (MiB per GPU)"
+    )
     timeout_seconds: float = Field(60, gt=0, description="read timeout of one Azure request")
     retries: int = Field(4, ge=0, le=10, description="retries of a throttled or failed request")
     retry_backoff_max_seconds: float = Field(

@@ -17,6 +17,7 @@ from finops.sim.estate import (
     EXEMPT,
     IDLE,
     NO_SHUTDOWN,
+    OVERSIZED,
     PAYG_PTU,
     PTU_SATURATED,
     PTU_UNDERUSED,
@@ -58,7 +59,7 @@ def test_demo_reports_exactly_the_seeded_vms_and_is_repeatable(tmp_path):
     estate = Estate(seed=7, vms=60)
     names = {vm.id.lower(): vm.name for vm in estate.vms}
     found = report_findings(report)
-    for rule in (IDLE, NO_SHUTDOWN, STOPPED):
+    for rule in (IDLE, NO_SHUTDOWN, STOPPED, OVERSIZED):
         assert found.get(rule, set()) == {names[r] for r in estate.expected(rule)}, rule
     exempt = {names[r] for r in estate.expected(EXEMPT)}
     assert not exempt & set().union(*found.values())

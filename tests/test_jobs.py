@@ -192,7 +192,7 @@ def test_runs_lists_the_nights(tmp_path, sim):
     assert header.split()[:4] == ["run", "started", "(UTC)", "took"]
     assert re.match(r"2\s+\S+ \S+\s+\d+s\s+failed\s+azure\s+-\s+0\s+-\s+LookupError: ", newest)
     assert re.match(
-        r"1\s+\S+ \S+\s+\d+s\s+succeeded\s+azure\s+vms=60 metrics=\d+ costs=\d+\s+44"
+        r"1\s+\S+ \S+\s+\d+s\s+succeeded\s+azure\s+vms=60 metrics=\d+ costs=\d+\s+45"
         r"\s+USD [\d,]+\.\d\d",
         oldest,
     )

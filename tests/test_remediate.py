@@ -22,6 +22,7 @@ from finops.sim.estate import (
     IDLE,
     MISSING_TAGS,
     NO_SHUTDOWN,
+    OVERSIZED,
     PAYG_PTU,
     PTU_SATURATED,
     PTU_UNDERUSED,
@@ -69,7 +70,11 @@ def not_acted_on(estate: Estate) -> set[tuple[str, str]]:
 def left_after_apply(estate: Estate) -> set[tuple[str, str]]:
     """Also every missing-tags finding: no resource group carries `environment`."""
     alerts = {(ANOMALY, group.rsplit("/", 1)[1]) for group in estate.expected_groups(ANOMALY)}
-    alerts |= {(MISSING_TAGS, estate.by_id[rid].name) for rid in estate.expected(MISSING_TAGS)}
+    alerts |= {
+        (rule, estate.by_id[rid].name)
+        for rule in (MISSING_TAGS, OVERSIZED)  # resizing is advice: it restarts the VM
+        for rid in estate.expected(rule)
+    }
     return alerts | {
         (rule, rid.rsplit("/", 1)[1])
         for rule in (PTU_UNDERUSED, PAYG_PTU, PTU_SATURATED)
@@ -333,7 +338,7 @@ def test_demo_plan_apply_then_next_night(tmp_path):
     from tests.test_cli import report_findings
 
     left = report_findings(Path(night.stdout.strip().splitlines()[-1]))
-    assert set(left) == {PTU_UNDERUSED, PAYG_PTU}  # PTU advice: no VM left to act on
+    assert set(left) == {PTU_UNDERUSED, PAYG_PTU, OVERSIZED}  # advice: nothing left to act on
     assert "Resolved since the previous night: 24 finding(s), USD 213,692.29 a month." in html
     audit = finops("audit", cwd=tmp_path)
     assert audit.returncode == 0

@@ -66,6 +66,7 @@ class Night:
         tags=None,
         gpu=None,
         cpu=None,
+        gpu_memory=None,  # MiB per GPU: (average, maximum)
         hours=168,
         daily_cost=None,
         schedule=None,
@@ -84,7 +85,7 @@ class Night:
                 "tags": tags or {},
             }
         )
-        for metric, value in (("gpu", gpu), ("cpu", cpu)):
+        for metric, value in (("gpu", gpu), ("cpu", cpu), ("gpu_memory", gpu_memory)):
             if value is None:
                 continue
             average, maximum = value
@@ -425,3 +426,47 @@ def test_gpu_vm_missing_tags_merges_what_the_resource_group_carries(db_url):
     team = night.evaluate(db_url, rules={"required_tags": ["team"]})
     assert found[(MISSING, "bare")].proposed_action == "merge-tags"
     assert team[(MISSING, "tagged")].proposed_action is None  # nobody carries `team`
+
+
+OVERSIZED = "gpu-vm-oversized"
+A100_FAMILY = [
+    {**SIZES[0], "size": size, "vcpus": 24 * n, "gpus": Decimal(n)}
+    for size, n in (("Standard_NC48ads_A100_v4", 2), ("Standard_NC96ads_A100_v4", 4))
+]
+
+
+def test_gpu_vm_oversized_proposes_the_smaller_size_that_carries_the_work(db_url):
+    night = Night()
+    night.c.vm_sizes = SIZES + A100_FAMILY
+    two = "Standard_NC48ads_A100_v4"  # 7.346 USD/h list, 2 x 80 GB
+    # 20 GB of 80 at peak (25 %): 2 x 20 x 1.25 = 50 GB fits one A100; GPU p95 35 % x 2 = 70 %
+    night.vm(
+        "half", size=two, gpu=(25.0, 35.0), gpu_memory=(15_000.0, 20_480.0), daily_cost="176.304"
+    )
+    night.vm("mem-50", size=two, gpu=(25.0, 35.0), gpu_memory=(30_000.0, 40_960.0))  # 50 %
+    night.vm("busy-41", size=two, gpu=(30.0, 41.0), gpu_memory=(15_000.0, 20_480.0))  # 82 % on 1
+    night.vm("gpu-61", size=two, gpu=(40.0, 61.0), gpu_memory=(15_000.0, 20_480.0))
+    night.vm("idle", size=two, gpu=(1.0, 2.0), gpu_memory=(15_000.0, 20_480.0))
+    night.vm("one-gpu", gpu=(25.0, 35.0), gpu_memory=(15_000.0, 20_480.0))  # nothing smaller
+    # 4 A100s, 40 % busy: 1.6 GPUs of work fits two at 80 %; 4 x 25 GB x 1.25 = 125 of 160 GB
+    night.vm(
+        "four",
+        size="Standard_NC96ads_A100_v4",
+        gpu=(30.0, 40.0),
+        gpu_memory=(20_000.0, 25_600.0),
+    )
+    found = night.evaluate(db_url)
+    assert {name for rule, name in found if rule == OVERSIZED} == {"half", "four"}
+    half = found[(OVERSIZED, "half")]
+    e = half.evidence
+    assert e["proposed_size"] == A100 and e["gpu_memory_p95_gb"] == "20.0"
+    assert e["vram_needed_gb"] == "50.0" and e["proposed_gpu_p95_percent"] == "70.0"
+    # billed 176.304 a day = 5,362.58 a month; the smaller size lists at 3.673 / 7.346 = half
+    assert half.monthly_saving == Decimal("2681.29") and half.saving_basis == "billed"
+    assert half.proposed_action == "resize" and half.currency == "EUR"
+    four = found[(OVERSIZED, "four")]
+    assert four.evidence["proposed_size"] == "Standard_NC48ads_A100_v4"
+    assert four.monthly_saving == Decimal("5362.58")  # list price 14.692 -> 7.346, x 730
+    assert four.saving_basis == "list-price"
+    roomy = night.evaluate(db_url, rules={"oversized_headroom_percent": 70})
+    assert (OVERSIZED, "half") in roomy and (OVERSIZED, "four") not in roomy  # 170 GB > 160

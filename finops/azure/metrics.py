@@ -1,4 +1,4 @@
-"""Hourly CPU and GPU utilisation through the Azure Monitor metrics batch API.
+"""Hourly CPU and GPU utilisation (and GPU memory used) through the Azure Monitor metrics batch API.
 
 One call covers up to 50 resources of one subscription, region and type; the results are
 mapped back to resources by the prefix of each metric's id, because the SDK's result objects
@@ -32,19 +32,25 @@ def batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
 def hourly_batch(
     clients: AzureClients, region: str, ids: list[str], start: datetime, end: datetime
 ) -> list[Row]:
-    """Rows (resource_id, metric 'cpu'|'gpu', ts, average, maximum) for the hours with data of
-    one batch of VMs: one call for CPU, one for the GPU guest metric."""
+    """Rows (resource_id, metric 'cpu'|'gpu'|'gpu_memory', ts, average, maximum) for the hours
+    with data of one batch of VMs: one call for CPU, one for the GPU guest metrics (utilisation
+    and memory used, MiB per GPU)."""
+    settings = clients.settings
     queries = [
-        ("cpu", VM_NAMESPACE, CPU_METRIC),
-        ("gpu", clients.settings.gpu_metric_namespace, clients.settings.gpu_metric_name),
+        (VM_NAMESPACE, {CPU_METRIC: "cpu"}),
+        (
+            settings.gpu_metric_namespace,
+            {settings.gpu_metric_name: "gpu", settings.gpu_memory_metric_name: "gpu_memory"},
+        ),
     ]
     client = clients.metrics(region)
     rows = []
-    for metric, namespace, name in queries:
+    for namespace, names in queries:
+        by_name = {name.lower(): metric for name, metric in names.items()}
         results = client.query_resources(
             resource_ids=ids,
             metric_namespace=namespace,
-            metric_names=[name],
+            metric_names=list(names),
             timespan=(start, end),
             granularity=timedelta(hours=1),
             aggregations=["Average", "Maximum"],
@@ -52,6 +58,9 @@ def hourly_batch(
         for result in results:
             for series_metric in result.metrics:
                 resource_id = series_metric.id.lower().split("/providers/microsoft.insights/")[0]
+                metric = by_name.get(series_metric.name.lower())
+                if metric is None:
+                    continue
                 for series in series_metric.timeseries:
                     for point in series.data:
                         if point.average is None and point.maximum is None:

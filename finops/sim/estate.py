@@ -30,6 +30,7 @@ PAYG_PTU = "payg-ptu-candidate"
 PTU_SATURATED = "ptu-saturated"
 QUOTA = "gpu-quota-near-limit"
 MISSING_TAGS = "gpu-vm-missing-tags"
+OVERSIZED = "gpu-vm-oversized"
 REQUIRED_TAGS = ("owner", "cost-center", "environment")
 EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
 
@@ -99,6 +100,7 @@ class SimVM:
     off_since_h: int = 0  # hours ago it stopped running (0 while running)
     cpu: Profile = LOW_CPU
     gpu: Profile | None = None  # None: no GPU telemetry reaches Azure Monitor
+    gpu_memory: Profile = Profile(60.0, 85.0, max_extra=5.0)  # percent of each GPU's VRAM
     schedule: str | None = None  # Enabled | Disabled | None (no schedule)
     schedule_time: str = "1900"
     schedule_time_zone: str = "UTC"
@@ -514,6 +516,49 @@ class Estate:
             tags=team,
             scenario="near-miss: resource group GPU spend up 93 %, under 500 a day",
         )
+        serving = {"owner": "ravi", "cost-center": "cc-4200", "environment": "prod"}
+        for name, size, gpu, memory, expect, scenario in (
+            (
+                "infer-nc48-a100-half",
+                "Standard_NC48ads_A100_v4",
+                Profile(20.0, 32.0, max_extra=4.0),
+                Profile(15.0, 25.0, max_extra=3.0),
+                frozenset({OVERSIZED}),
+                "2 A100s, a quarter of their memory and a third of their compute used",
+            ),
+            (
+                "infer-nc48-a100-mem55",
+                "Standard_NC48ads_A100_v4",
+                Profile(20.0, 32.0, max_extra=4.0),
+                Profile(50.0, 56.0, max_extra=3.0),
+                frozenset(),
+                "near-miss: GPU memory peaks near 57 %",
+            ),
+            (
+                "train-nc96-a100-spread",
+                "Standard_NC96ads_A100_v4",
+                Profile(30.0, 44.0, max_extra=4.0),
+                Profile(20.0, 30.0, max_extra=3.0),
+                frozenset(),
+                "near-miss: memory would fit 2 GPUs, its compute would not",
+            ),
+        ):
+            add(
+                1,
+                "llm-serving",
+                name,
+                "eastus",
+                size,
+                "running",
+                on_since_h=month,
+                gpu=gpu,
+                gpu_memory=memory,
+                cpu=MID_CPU,
+                schedule="Enabled",
+                tags=serving,
+                expect=expect,
+                scenario=scenario,
+            )
 
     def _ai_accounts(self) -> list[SimAccount]:
         subs = [s.subscription_id for s in self.subscriptions]
@@ -752,6 +797,13 @@ class Estate:
         hours_ago = (self.now - hour) / timedelta(hours=1)
         if not (vm.off_since_h < hours_ago <= vm.on_since_h):
             return None
+        if metric == "gpu_memory":  # MiB used per GPU, as the guest reports it
+            if vm.gpu is None:
+                return None
+            key = self.seed * 1_000_003 + vm.index * 2 + 500_000
+            average, peak = vm.gpu_memory.sample(key, int(hour.timestamp()) // 3600)
+            vram_mib = gpu_size(vm.size).gpu_memory_gb * 1024 / 100
+            return round(average * vram_mib, 1), round(peak * vram_mib, 1)
         profile = vm.gpu if metric == "gpu" else vm.cpu
         if profile is None:
             return None

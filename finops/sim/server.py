@@ -31,6 +31,7 @@ from finops.sim.estate import CPU_SIZES, REGIONS, STORAGE_DAILY_COST, Estate
 
 GPU_NAMESPACE = "telegraf/nvidia_smi"
 GPU_METRIC = "utilization_gpu"
+GPU_MEMORY_METRIC = "memory_used"  # MiB per GPU, as Telegraf's nvidia_smi input reports it
 CPU_NAMESPACE = "microsoft.compute/virtualmachines"
 CPU_METRIC = "Percentage CPU"
 AI_NAMESPACE = "microsoft.cognitiveservices/accounts"
@@ -440,11 +441,12 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
             hours.append(moment)
             moment += timedelta(hours=1)
         return _ai_metrics(req, ids, names, hours, aggregations)
-    if namespace == CPU_NAMESPACE and names == [CPU_METRIC]:
-        metric, unit = "cpu", "Percent"
-    elif namespace == GPU_NAMESPACE and names == [GPU_METRIC]:
-        metric, unit = "gpu", "Percent"
-    else:
+    known = {
+        (CPU_NAMESPACE, CPU_METRIC): ("cpu", "Percent"),
+        (GPU_NAMESPACE, GPU_METRIC): ("gpu", "Percent"),
+        (GPU_NAMESPACE, GPU_MEMORY_METRIC): ("gpu_memory", "Unspecified"),
+    }
+    if not all((namespace, name) in known for name in names):
         raise ApiError(
             400, "BadRequest", f"Failed to find metric configuration for {namespace}: {names}."
         )
@@ -464,7 +466,10 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
     values = []
     for rid, vm in zip(ids, vms, strict=True):
         series_values = []
-        if metric == "cpu" or vm.gpu is not None:
+        for name in names:
+            metric, unit = known[(namespace, name)]
+            if metric != "cpu" and vm.gpu is None:
+                continue  # no GPU telemetry reaches Azure Monitor from this VM
             data = []
             for hour in hours:
                 point: dict[str, Any] = {"timeStamp": _iso(hour)}
@@ -477,9 +482,9 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
                 data.append(point)
             series_values.append(
                 {
-                    "id": f"{rid}/providers/Microsoft.Insights/metrics/{names[0]}",
+                    "id": f"{rid}/providers/Microsoft.Insights/metrics/{name}",
                     "type": "Microsoft.Insights/metrics",
-                    "name": {"value": names[0], "localizedValue": names[0]},
+                    "name": {"value": name, "localizedValue": name},
                     "displayDescription": "",
                     "unit": unit,
                     "timeseries": [{"metadatavalues": [], "data": data}],
