@@ -140,6 +140,7 @@ def _simulated(settings: Settings, seed: int, vms: int) -> Iterator[tuple[Settin
             update={
                 "arm_endpoint": sim.url,
                 "metrics_endpoint": sim.url,
+                "prices_endpoint": sim.url,
                 "ca_file": Path(sim.ca_file),
                 "credential": "simulated",
             }
@@ -537,6 +538,7 @@ def sim_serve(
     for name, value in (
         ("ARM_ENDPOINT", sim.url),
         ("METRICS_ENDPOINT", sim.url),
+        ("PRICES_ENDPOINT", sim.url),
         ("CA_FILE", sim.ca_file),
         ("CREDENTIAL", "simulated"),
     ):

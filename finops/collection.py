@@ -37,6 +37,8 @@ class Collection:
     quotas: list[Row] = field(default_factory=list)
     schedules: list[Row] = field(default_factory=list)
     resource_groups: list[Row] = field(default_factory=list)
+    disks: list[Row] = field(default_factory=list)
+    vm_prices: list[Row] = field(default_factory=list)  # retail prices of the GPU sizes in use
     metrics: list[Row] = field(default_factory=list)  # VMs' and AI deployments' hourly series
     ai_deployments: list[Row] = field(default_factory=list)
     costs: list[Row] = field(default_factory=list)
@@ -56,6 +58,8 @@ class Collection:
                 "quotas",
                 "schedules",
                 "resource_groups",
+                "disks",
+                "vm_prices",
                 "ai_deployments",
                 "metrics",
                 "costs",

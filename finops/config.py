@@ -89,6 +89,22 @@ class RuleSettings(BaseModel):
     anomaly_baseline_days: int = Field(
         14, ge=3, le=60, description="gpu-cost-anomaly: days the trailing median is taken over"
     )
+    commitment_running_percent: Percent = Field(
+        95, description="gpu-vm-commitment-candidate: share of the hours the VM ran, at least"
+    )
+    commitment_days: int = Field(
+        30, ge=7, le=365, description="gpu-vm-commitment-candidate: days the share is taken over"
+    )
+    interruptible_tags: list[str] = Field(
+        ["workload=training", "workload=batch"],
+        description="gpu-vm-spot-candidate: tag name=value pairs that mark interruptible work",
+    )
+    disk_unattached_days: float = Field(
+        1, ge=0, description="gpu-disks-orphaned: an unattached disk counts after this many days"
+    )
+    disk_deallocated_days: float = Field(
+        14, ge=0, description="gpu-disks-orphaned: a GPU VM deallocated longer leaves its disks"
+    )
 
     @field_validator("working_hours")
     @classmethod
@@ -108,6 +124,22 @@ class RuleSettings(BaseModel):
         if not days or any(d not in WEEKDAYS for d in days):
             raise ValueError(f"must be weekday names from {', '.join(WEEKDAYS)}")
         return days
+
+    @field_validator("interruptible_tags")
+    @classmethod
+    def _pairs(cls, value: list[str]) -> list[str]:
+        for pair in value:
+            name, _, tag_value = pair.partition("=")
+            if not name.strip() or not tag_value.strip():
+                raise ValueError(f"{pair!r} must look like workload=training")
+        return [p.strip() for p in value]
+
+    def interruptible(self) -> set[tuple[str, str]]:
+        """(tag name, value) pairs, lower-cased: tags compare without case."""
+        return {
+            (n.strip().lower(), v.strip().lower())
+            for n, v in (p.split("=", 1) for p in self.interruptible_tags)
+        }
 
     def working_hours_per_week(self) -> Decimal:
         start, end = (int(t[:2]) * 60 + int(t[3:]) for t in self.working_hours.split("-"))
@@ -292,6 +324,9 @@ class AzureSettings(BaseModel):
     gpu_metric_name: str = Field("utilization_gpu", description="GPU utilisation metric name")
     gpu_memory_metric_name: str = Field(
         "memory_used", description="GPU memory used metric name (MiB per GPU)"
+    )
+    prices_endpoint: str = Field(
+        "https://prices.azure.com", description="Azure Retail Prices API (no authentication)"
     )
     timeout_seconds: float = Field(60, gt=0, description="read timeout of one Azure request")
     retries: int = Field(4, ge=0, le=10, description="retries of a throttled or failed request")

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from finops import rules
-from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics, openai
+from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics, openai, prices
 from finops.azure.clients import AzureClients
 from finops.collection import Collection
 from finops.config import Settings
@@ -120,14 +120,22 @@ def collect(
             sub_regions = {vm["location"] for vm in night.vms if vm["subscription_id"] == sub}
             with tolerated(night, "quotas", f"subscription {sub}"):
                 night.quotas += inventory.quotas(clients, sub, sub_regions)
+            with tolerated(night, "disks", f"subscription {sub}"):
+                night.disks += inventory.disks(clients, sub)
         info.update(
             vms=len(night.vms),
+            disks=len(night.disks),
             schedules=len(night.schedules),
             quotas=len(night.quotas),
             regions=len(regions),
         )
     gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
     gpu_vms = [vm for vm in night.vms if vm["size"].lower() in gpu_sizes]
+    with step("collect prices") as info:
+        in_use = {(vm["location"], vm["size"]) for vm in gpu_vms}
+        with tolerated(night, "prices", f"{len(in_use)} GPU sizes and regions"):
+            night.vm_prices = prices.vm_prices(settings.azure, settings.currency, in_use)
+        info.update(pairs=len(in_use), prices=len(night.vm_prices))
     with step("collect metrics") as info:
         for region, ids in metrics.batches(gpu_vms):
             with tolerated(night, "metrics", f"{len(ids)} GPU VMs in {region}", ids):

@@ -40,8 +40,8 @@ def sim(estate: Estate) -> Iterator[SimServer]:
 
 
 def sim_settings(sim: SimServer, **overrides) -> Settings:
-    azure = {"arm_endpoint": sim.url, "metrics_endpoint": sim.url, "ca_file": sim.ca_file}
-    azure["credential"] = "simulated"
+    azure = {"ca_file": sim.ca_file, "credential": "simulated"}
+    azure |= {"arm_endpoint": sim.url, "metrics_endpoint": sim.url, "prices_endpoint": sim.url}
     return load_settings(azure=azure, **overrides)
 
 

@@ -14,13 +14,16 @@ import pytest
 
 from finops.sim.estate import (
     ANOMALY,
+    COMMITMENT,
     EXEMPT,
     IDLE,
     NO_SHUTDOWN,
+    ORPHANED_DISK,
     OVERSIZED,
     PAYG_PTU,
     PTU_SATURATED,
     PTU_UNDERUSED,
+    SPOT,
     STOPPED,
     Estate,
 )
@@ -59,8 +62,21 @@ def test_demo_reports_exactly_the_seeded_vms_and_is_repeatable(tmp_path):
     estate = Estate(seed=7, vms=60)
     names = {vm.id.lower(): vm.name for vm in estate.vms}
     found = report_findings(report)
-    for rule in (IDLE, NO_SHUTDOWN, STOPPED, OVERSIZED):
-        assert found.get(rule, set()) == {names[r] for r in estate.expected(rule)}, rule
+    with sqlite3.connect(tmp_path / "finops.db") as db:
+        stored = db.execute(
+            "select rule_id, resource_id, monthly_saving from findings where exempt = 0"
+        ).fetchall()
+    for rule in (IDLE, NO_SHUTDOWN, STOPPED, OVERSIZED, ORPHANED_DISK, COMMITMENT, SPOT):
+        assert {r for rule_id, r, _ in stored if rule_id == rule} == estate.expected(rule), rule
+        shown = {name.lower() for name in found.get(rule, set())}
+        assert shown <= {r.rsplit("/", 1)[1] for r in estate.expected(rule)}, rule
+    # the report lists the 20 resources that save the most, each with all its findings
+    best: dict[str, float] = {}
+    for _, r, saving in stored:
+        best[r] = max(best.get(r, 0), saving)
+    top = sorted(best, key=lambda r: (-best[r], r.rsplit("/", 1)[1]))[:20]
+    assert {n.lower() for n in set().union(*found.values())} == {r.rsplit("/", 1)[1] for r in top}
+    assert found[IDLE] >= {"train-nd-a100-1", "dev-nc-a100-idle"}
     exempt = {names[r] for r in estate.expected(EXEMPT)}
     assert not exempt & set().union(*found.values())
     html = report.read_text(encoding="utf-8")
@@ -109,6 +125,7 @@ def sim_env(sim) -> dict[str, str]:
     return {
         "FINOPS_AZURE__ARM_ENDPOINT": sim.url,
         "FINOPS_AZURE__METRICS_ENDPOINT": sim.url,
+        "FINOPS_AZURE__PRICES_ENDPOINT": sim.url,
         "FINOPS_AZURE__CA_FILE": sim.ca_file,
         "FINOPS_AZURE__CREDENTIAL": "simulated",
     }

@@ -9,7 +9,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from sqlalchemy import select
 
-from finops.azure import costs, inventory, metrics
+from finops.azure import costs, inventory, metrics, prices
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.pipeline import collect
 from finops.sim.estate import Estate
@@ -82,6 +82,50 @@ def test_schedules_are_listed_once_per_subscription(clients, estate, sim):
     expected = {vm.id.lower(): vm.schedule for vm in estate.vms_in(sub) if vm.schedule}
     assert {rid: r["status"] for rid, r in rows.items()} == expected
     assert sim.requests["schedules"] - before == -(-len(expected) // sim.page_size)
+
+
+def test_disks_carry_their_state_owner_and_when_it_changed(clients, estate, sim):
+    sub = _sub(estate)
+    before = sim.requests["disks"]
+    rows = {r["name"]: r for r in inventory.disks(clients, sub)}
+    expected = estate.disks_in(sub)
+    assert set(rows) == {d.name for d in expected}
+    assert sim.requests["disks"] - before == -(-len(expected) // sim.page_size)
+    for disk in expected:
+        row = rows[disk.name]
+        assert row["state"] == disk.state and row["size_gb"] == disk.size_gb
+        assert row["managed_by"] == (disk.vm.id.lower() if disk.vm else None)
+        # Azure spells this one field with a capital L; the SDK reads it that way
+        assert row["owner_changed"] == estate.now - timedelta(hours=disk.owner_changed_h)
+    assert rows["ckpt-a100-2026-10"]["state"] == "Unattached"
+    assert rows["train-nc-a100-parked-data"]["state"] == "Reserved"
+
+
+def test_retail_prices_per_size_and_region_across_pages(sim):
+    settings = sim_settings(sim).azure
+    before = sim.requests["prices"]
+    pairs = [("eastus", "Standard_NC24ads_A100_v4"), ("westeurope", "Standard_NC4as_T4_v3")]
+    rows = prices.vm_prices(settings, "USD", pairs)
+    found = {(r["location"], r["size"], r["offer"], r["os"]): r["per_hour"] for r in rows}
+    a100 = ("eastus", "Standard_NC24ads_A100_v4")
+    assert found[(*a100, "payg", "linux")] == Decimal("3.673")  # the catalog's list price
+    assert found[(*a100, "spot", "linux")] < found[(*a100, "payg", "linux")]
+    assert found[(*a100, "payg", "windows")] > found[(*a100, "payg", "linux")]
+    # a reservation row is the whole term's price: per hour it is below pay-as-you-go
+    assert found[(*a100, "reservation-3y", "any")] < found[(*a100, "reservation-1y", "any")]
+    assert found[(*a100, "reservation-1y", "any")] < found[(*a100, "payg", "linux")]
+    assert {offer for (_, _, offer, _) in found} == {
+        "payg",
+        "spot",
+        "low-priority",
+        "reservation-1y",
+        "reservation-3y",
+    }  # dev/test rows are left out
+    assert all(r["currency"] == "USD" and isinstance(r["per_hour"], Decimal) for r in rows)
+    # 8 rows a pair, 5 a page: two pages each, followed by NextPageLink
+    assert sim.requests["prices"] - before == 4
+    # filter values are case-sensitive (api-version 2023-01-01-preview): no rows, no error
+    assert prices.vm_prices(settings, "USD", [("eastus", "standard_nc24ads_a100_v4")]) == []
 
 
 def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):

@@ -44,16 +44,18 @@ def store_url(request, backend: str, tmp_path: Path) -> str:
 
 
 def expected_billed(estate: Estate, first: date) -> dict[date, Decimal]:
-    """Each day's billed cost of the estate: its VMs, its AI accounts and 3 storage accounts
-    (12.50 a day)."""
+    """Each day's billed cost of the estate: its VMs, its AI accounts, its managed disks and 3
+    storage accounts (12.50 a day)."""
     expected = {}
+    disks = sum(
+        d.daily_cost for s in estate.subscriptions for d in estate.disks_in(s.subscription_id)
+    )
     day = first
     while day <= estate.now.date():
         vms = sum(estate.daily_cost(vm, day) for vm in estate.vms)
         ai = sum(estate.account_daily_cost(a, day) for a in estate.ai_accounts)
-        expected[day] = (vms + ai + Decimal("12.5") * len(estate.subscriptions)).quantize(
-            Decimal("0.01")
-        )
+        storage = disks + Decimal("12.5") * len(estate.subscriptions)
+        expected[day] = (vms + ai + storage).quantize(Decimal("0.01"))
         day += timedelta(days=1)
     return expected
 
@@ -133,14 +135,18 @@ def test_both_cost_types_are_stored_and_differ_under_a_reservation(world):
         totals(world.engine, "query", "AmortizedCost"),
     )
     day = world.estate.now.date() - timedelta(days=2)
-    h100 = world.vm("train-nd-h100-stopped")
+    reserved = [vm for vm in world.estate.vms if vm.reserved is not None]
+    assert "train-nd-h100-stopped" in {vm.name for vm in reserved}
     ptus = world.estate.ai_accounts[0]  # under a yearly reservation
     assert ptus.reservation == "yearly-reservation"
     ptu_share = world.estate.account_daily_cost(
         ptus, day, "AmortizedCost"
     ) - world.estate.account_daily_cost(ptus, day)  # its tokens are billed either way
     assert ptu_share > 0
-    shares = h100.hourly_price * 24 * h100.reserved + ptu_share
+    vm_shares = sum(
+        vm.hourly_price * world.estate.billed_hours(vm, day) * vm.reserved for vm in reserved
+    )
+    shares = vm_shares + ptu_share
     assert abs(amortized[day] - billed[day] - shares) <= Decimal("0.01")  # each rounded
 
 
@@ -388,6 +394,7 @@ def test_report_spend_splits_each_subscription_day_into_gpu_and_the_rest(world):
                 estate.account_daily_cost(a, day, "AmortizedCost")
                 for a in estate.accounts_in(names[row["subscription"]])
             )
+            rest += sum(d.daily_cost for d in estate.disks_in(names[row["subscription"]]))
             assert row["daily_gpu"][i].quantize(cent) == gpu.quantize(cent), (row, day)
             assert row["daily_rest"][i].quantize(cent) == (rest + Decimal("12.5")).quantize(cent)
         assert row["gpu"] == sum(row["daily_gpu"])

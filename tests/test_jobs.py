@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ def sim_env(sim, db_url: str) -> dict[str, str]:
     return {
         "FINOPS_AZURE__ARM_ENDPOINT": sim.url,
         "FINOPS_AZURE__METRICS_ENDPOINT": sim.url,
+        "FINOPS_AZURE__PRICES_ENDPOINT": sim.url,
         "FINOPS_AZURE__CA_FILE": sim.ca_file,
         "FINOPS_AZURE__CREDENTIAL": "simulated",
         "FINOPS_DB_URL": db_url,
@@ -191,9 +193,14 @@ def test_runs_lists_the_nights(tmp_path, sim):
     header, newest, oldest = listed.stdout.splitlines()
     assert header.split()[:4] == ["run", "started", "(UTC)", "took"]
     assert re.match(r"2\s+\S+ \S+\s+\d+s\s+failed\s+azure\s+-\s+0\s+-\s+LookupError: ", newest)
+    with sqlite3.connect(tmp_path / "finops.db") as db:
+        (findings,) = db.execute(
+            "select count(*) from findings where run_id = 1 and not exempt"
+        ).fetchone()
+    assert findings > 40
     assert re.match(
-        r"1\s+\S+ \S+\s+\d+s\s+succeeded\s+azure\s+vms=60 metrics=\d+ costs=\d+\s+45"
-        r"\s+USD [\d,]+\.\d\d",
+        r"1\s+\S+ \S+\s+\d+s\s+succeeded\s+azure\s+vms=60 metrics=\d+ costs=\d+\s+"
+        rf"{findings}\s+USD [\d,]+\.\d\d",
         oldest,
     )
 

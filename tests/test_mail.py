@@ -125,7 +125,7 @@ def test_demo_mails_one_well_formed_message(tmp_path, starttls_server):
     headline = re.search(r'id="headline"[^>]*>([^<]+)<', html).group(1)
     plain = text.get_content()
     assert headline in plain
-    for name in ("train-nd-h100-stopped", "train-nd-a100-1", "nb-nc-t4-busy"):
+    for name in ("train-nd-h100-stopped", "train-nd-a100-1", "serve-nd-h100-busy"):
         assert name in plain
     report = Path(result.stdout.strip().splitlines()[-1])
     assert headline in report.read_text()

@@ -161,6 +161,8 @@ FAST = {"retry_backoff_max_seconds": 0.3}
         (Fault("schedules", status=500, count=1), 1),
         (Fault("usages", kind="reset", count=1), 1),
         (Fault("vms", skip=1, status=502, count=1), 1),  # a page chain broken once, mid-way
+        (Fault("disks", status=503, count=1), 1),
+        (Fault("prices", status=429, headers={"Retry-After": "1"}, count=1), 1),  # no SDK
     ],
 )
 def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_requests):
@@ -178,6 +180,7 @@ def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_req
         assert sum(sim.requests.values()) == baseline + extra_requests
         assert len(night.vms) == len(clean.vms) and len(night.costs) == len(clean.costs)
         assert len(night.metrics) == len(clean.metrics)
+        assert len(night.disks) == len(clean.disks) and night.vm_prices == clean.vm_prices
 
 
 @pytest.mark.parametrize(
@@ -186,6 +189,8 @@ def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_req
         (Fault("metrics", kind="truncate", count=1), "metrics"),
         (Fault("vms", skip=1, status=500, count=None), "inventory"),  # broken for good
         (Fault("schedules", delay=3.0, count=None), "inventory"),  # slower than the timeout
+        (Fault("disks", status=500, count=None), "disks"),
+        (Fault("prices", kind="truncate", count=None), "prices"),
     ],
 )
 def test_lasting_faults_give_up_within_the_budget_and_are_recorded(fault, source):

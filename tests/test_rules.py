@@ -70,6 +70,8 @@ class Night:
         hours=168,
         daily_cost=None,
         schedule=None,
+        priority="Regular",
+        os_type="Linux",
     ):
         self.c.vms.append(
             {
@@ -80,8 +82,8 @@ class Night:
                 "location": "eastus",
                 "size": size,
                 "power_state": state,
-                "os_type": "Linux",
-                "priority": "Regular",
+                "os_type": os_type,
+                "priority": priority,
                 "tags": tags or {},
             }
         )
@@ -114,22 +116,58 @@ class Night:
             )
         return self
 
-    def cost(self, name, days_ago, amount, cost_type="ActualCost", currency="EUR"):
-        """One day's compute cost of a VM, as the Query API collector stores it."""
+    def cost(self, name, days_ago, amount, cost_type="ActualCost", currency="EUR", resource=None):
+        """One day's compute cost of a VM (or of another resource, storage meter), as the
+        Query API collector stores it."""
         self.c.costs.append(
             {
                 "source": "query",
                 "file_id": 0,
-                "resource_id": rid(name),
+                "resource_id": resource or rid(name),
                 "usage_date": NOW.date() - timedelta(days=days_ago),
                 "cost_type": cost_type,
-                "meter_category": "Virtual Machines",
+                "meter_category": "Storage" if resource else "Virtual Machines",
                 "subscription_id": SUB,
                 "resource_group": "rg",
                 "cost": Decimal(amount),
                 "currency": currency,
             }
         )
+        return self
+
+    def price(self, offer, per_hour, size=A100, os="linux"):
+        self.c.vm_prices.append(
+            {
+                "location": "eastus",
+                "size": size,
+                "offer": offer,
+                "os": "any" if offer.startswith("reservation") else os,
+                "per_hour": Decimal(per_hour),
+                "currency": "USD",
+            }
+        )
+        return self
+
+    def disk(self, name, state, days, vm=None, daily_cost=None, size_gb=1024):
+        """A managed disk in `state` since `days` ago, attached to VM `vm` if given."""
+        disk_id = rid(name).replace("virtualmachines", "disks")
+        self.c.disks.append(
+            {
+                "resource_id": disk_id,
+                "name": name,
+                "subscription_id": SUB,
+                "resource_group": "rg",
+                "location": "eastus",
+                "sku": "Premium_LRS",
+                "size_gb": size_gb,
+                "state": state,
+                "managed_by": rid(vm) if vm else None,
+                "owner_changed": NOW - timedelta(days=days),
+                "tags": {},
+            }
+        )
+        for d in range(1, 8) if daily_cost else ():
+            self.cost(name, d, daily_cost, resource=disk_id)
         return self
 
     def evaluate(self, db_url: str, **settings) -> dict[tuple[str, str], rules.Finding]:
@@ -470,3 +508,100 @@ def test_gpu_vm_oversized_proposes_the_smaller_size_that_carries_the_work(db_url
     assert four.saving_basis == "list-price"
     roomy = night.evaluate(db_url, rules={"oversized_headroom_percent": 70})
     assert (OVERSIZED, "half") in roomy and (OVERSIZED, "four") not in roomy  # 170 GB > 160
+
+
+COMMITMENT = "gpu-vm-commitment-candidate"
+
+
+def test_gpu_vm_commitment_candidate_prices_reservations_for_always_on_vms(db_url):
+    night = Night()
+    night.price("payg", "3.673").price("payg", "4.777", os="windows")
+    night.price("reservation-1y", "2.27726").price("reservation-3y", "1.4692")
+    busy = {"gpu": (60.0, 90.0), "schedule": "Enabled"}
+    night.vm("always", **busy)
+    night.vm("windows", os_type="Windows", **busy)
+    night.vm("reserved", **busy)
+    night.vm("most-days", **busy)
+    night.vm("idle", gpu=(1.0, 2.0), schedule="Enabled")
+    night.vm("spot", priority="Spot", **busy)
+    night.vm("no-price", size="Standard_NC48ads_A100_v4", **busy)
+    night.c.vm_sizes = SIZES + A100_FAMILY
+    for d in range(1, 31):
+        for name in ("always", "idle", "spot"):
+            night.cost(name, d, "88.152000").cost(name, d, "88.152000", "AmortizedCost")
+        night.cost("no-price", d, "176.304000").cost("no-price", d, "176.304000", "AmortizedCost")
+        night.cost("windows", d, "114.648000").cost("windows", d, "114.648000", "AmortizedCost")
+        night.cost("reserved", d, "0").cost("reserved", d, "55.536000", "AmortizedCost")
+        if d > 2:  # 28 of the 30 days: 93.3 %
+            night.cost("most-days", d, "88.152000")
+            night.cost("most-days", d, "88.152000", "AmortizedCost")
+    found = night.evaluate(db_url)
+    assert {name for rule, name in found if rule == COMMITMENT} == {"always", "windows"}
+    always = found[(COMMITMENT, "always")]
+    # 88.152 a day x 730 / 24 = 2,681.29 a month; 1 year: (3.673 - 2.27726) / 3.673 = 38 % off
+    assert always.monthly_saving == Decimal("1018.89") and always.saving_basis == "billed"
+    assert always.evidence["saving_3y"] == "1608.77"  # 60 % off
+    assert always.evidence["running_percent"] == "100.00"
+    assert always.currency == "EUR" and always.proposed_action == "buy-reservation"
+    # Windows pays its licence by the hour either way: the same compute saving, 1,018.89
+    assert found[(COMMITMENT, "windows")].monthly_saving == Decimal("1018.89")
+    looser = night.evaluate(db_url, rules={"commitment_running_percent": 90})
+    assert {name for rule, name in looser if rule == COMMITMENT} == {
+        "always",
+        "windows",
+        "most-days",
+    }
+
+
+SPOT = "gpu-vm-spot-candidate"
+
+
+def test_gpu_vm_spot_candidate_for_interruptible_work_on_regular_priority(db_url):
+    night = Night()
+    night.price("payg", "3.673").price("spot", "1.1019")
+    busy = {"gpu": (60.0, 90.0), "schedule": "Enabled", "daily_cost": "88.152"}
+    night.vm("train", tags={"Workload": "Training"}, **busy)
+    night.vm("serve", tags={"workload": "inference", "team": "research"}, **busy)
+    night.vm("on-spot", tags={"workload": "batch"}, priority="Spot", **busy)
+    night.vm("idle-train", tags={"workload": "training"}, gpu=(1.0, 2.0), daily_cost="88.152")
+    found = night.evaluate(db_url)
+    assert {name for rule, name in found if rule == SPOT} == {"train"}
+    train = found[(SPOT, "train")]
+    # 2,681.29 a month billed; spot lists at 1.1019 / 3.673 = 30 % of the price
+    assert train.monthly_saving == Decimal("1876.90") and train.saving_basis == "billed"
+    assert train.evidence["tags"] == "workload=training"
+    assert "evicted" in train.evidence["caveat"]
+    tuned = night.evaluate(db_url, rules={"interruptible_tags": ["team=research"]})
+    assert {name for rule, name in tuned if rule == SPOT} == {"serve"}
+
+
+ORPHANED = "gpu-disks-orphaned"
+
+
+def test_gpu_disks_orphaned_unattached_or_kept_by_a_long_deallocated_gpu_vm(db_url):
+    night = Night()
+    night.vm("parked", state="deallocated")
+    night.vm("recent", state="deallocated")
+    night.vm("cpu-parked", size="Standard_D4s_v5", state="deallocated")
+    night.vm("running", gpu=(60.0, 90.0), schedule="Enabled")
+    night.disk("loose", "Unattached", 2, daily_cost="4.443945")
+    night.disk("fresh", "Unattached", 0.25, daily_cost="4.443945")
+    night.disk("unbilled", "Unattached", 40)
+    night.disk("parked-os", "Reserved", 20, vm="parked", daily_cost="0.648000", size_gb=128)
+    night.disk("recent-os", "Reserved", 10, vm="recent", daily_cost="0.648000", size_gb=128)
+    night.disk("cpu-os", "Reserved", 30, vm="cpu-parked", daily_cost="0.648000")
+    night.disk("in-use", "Attached", 30, vm="running", daily_cost="4.443945")
+    found = night.evaluate(db_url)
+    assert {name for rule, name in found if rule == ORPHANED} == {"loose", "parked-os"}
+    loose = found[(ORPHANED, "loose")]
+    # 4.443945 a day x 730 / 24 = 135.17 a month (a P30 disk)
+    assert loose.monthly_saving == Decimal("135.17") and loose.saving_basis == "billed"
+    assert loose.evidence["managed_by"] == "nothing" and loose.evidence["days_in_state"] == 2.0
+    assert found[(ORPHANED, "parked-os")].monthly_saving == Decimal("19.71")
+    tuned = night.evaluate(db_url, rules={"disk_deallocated_days": 7, "disk_unattached_days": 0})
+    assert {name for rule, name in tuned if rule == ORPHANED} == {
+        "loose",
+        "fresh",
+        "parked-os",
+        "recent-os",
+    }

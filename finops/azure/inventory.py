@@ -1,8 +1,9 @@
-"""VMs with power state and tags, GPU facts per size, GPU-family quotas, auto-shutdown schedules.
+"""VMs with power state and tags, GPU facts per size, GPU-family quotas, auto-shutdown schedules,
+managed disks.
 
 Calls per night: two paged VM lists per subscription (full, then status-only, joined on id),
 one SKU list per region in use, one usage list per subscription and region, one schedule
-list per subscription. Never a call per VM.
+list and one disk list per subscription. Never a call per VM.
 """
 
 from __future__ import annotations
@@ -167,3 +168,27 @@ def resource_groups(clients: AzureClients, subscription_id: str) -> list[Row]:
         }
         for group in clients.resources(subscription_id).resource_groups.list()
     ]
+
+
+def disks(clients: AzureClients, subscription_id: str) -> list[Row]:
+    """The subscription's managed disks with their attachment state (one paged list)."""
+    rows = []
+    for disk in clients.compute(subscription_id).disks.list():
+        props = disk.properties
+        changed = props.last_ownership_update_time if props else None
+        rows.append(
+            {
+                "resource_id": disk.id.lower(),
+                "name": disk.name,
+                "subscription_id": subscription_id.lower(),
+                "resource_group": _resource_group(disk.id),
+                "location": (disk.location or "").lower(),
+                "sku": _text(disk.sku.name if disk.sku else None) or "unknown",
+                "size_gb": int((props.disk_size_gb if props else None) or 0),
+                "state": _text(props.disk_state if props else None) or "unknown",
+                "managed_by": disk.managed_by.lower() if disk.managed_by else None,
+                "owner_changed": changed,
+                "tags": dict(disk.tags or {}),
+            }
+        )
+    return rows

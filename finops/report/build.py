@@ -104,13 +104,21 @@ def headline(findings: list[dict[str, Any]], titles: dict[str, str], currency: s
 
 
 def _resources(ids) -> str:
-    """'15 GPU VMs and 2 AI deployments', from resource ids."""
-    deployments = sum(1 for rid in ids if "/deployments/" in rid)
+    """'15 GPU VMs, 3 disks and 2 AI deployments', from resource ids."""
+    kinds = Counter(
+        "AI deployment"
+        if "/deployments/" in rid
+        else "disk"
+        if "/microsoft.compute/disks/" in rid.lower()
+        else "GPU VM"
+        for rid in ids
+    )
     parts = [
-        f"{len(ids) - deployments} GPU VM{'s' if len(ids) - deployments != 1 else ''}",
-        f"{deployments} AI deployment{'s' if deployments != 1 else ''}",
+        f"{kinds[kind]} {kind}{'s' if kinds[kind] != 1 else ''}"
+        for kind in ("GPU VM", "disk", "AI deployment")
+        if kinds[kind]
     ]
-    return " and ".join(p for p in parts if not p.startswith("0 "))
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
 
 
 def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
@@ -137,7 +145,11 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
             select(schema.ai_deployments).where(schema.ai_deployments.c.run_id == run_id)
         )
     }
-    rows = _findings(conn, run, {**vms, **deployments}, subs, titles)
+    disks = {
+        r.resource_id: {**r._mapping, "size": f"{r.size_gb} GiB {r.sku}"}
+        for r in conn.execute(select(schema.disks).where(schema.disks.c.run_id == run_id))
+    }
+    rows = _findings(conn, run, {**vms, **deployments, **disks}, subs, titles)
     kinds = {rule_id: getattr(module, "KIND", "saving") for rule_id, module in registry().items()}
     alerts = [f for f in rows if kinds.get(f["rule_id"]) == "alert" and not f["exempt"]]
     hygiene = [f for f in rows if kinds.get(f["rule_id"]) == "hygiene" and not f["exempt"]]

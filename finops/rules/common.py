@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import Connection, select
 
 from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
+from finops.config import RuleSettings
 from finops.rules import RunContext
 from finops.store import schema
 from finops.store.costs import ACTUAL, AMORTIZED, counted
@@ -61,19 +62,22 @@ class MonthlyCost:
         }
 
 
-def monthly_costs(conn: Connection, run: RunContext, vms: list[dict]) -> dict[str, MonthlyCost]:
-    """Each VM's cost per month at its own rate: amortized where a reservation or savings plan
-    makes it differ from the billed cost, else billed, else the catalog's list price.
+@dataclass
+class DailyCosts:
+    """Per resource: day -> billed cost, day -> amortized cost, and its currency."""
 
-    The rate is the highest daily compute cost (meter category Virtual Machines) of the last
-    complete days: a day the VM ran throughout, at the customer's own price. A mean would be
-    dragged down by the day it was started and by a day not yet settled.
-    """
+    billed: dict[str, dict[date, Decimal]] = field(default_factory=dict)
+    amortized: dict[str, dict[date, Decimal]] = field(default_factory=dict)
+    currency: dict[str, str] = field(default_factory=dict)
+
+
+def daily_costs(
+    conn: Connection, run: RunContext, ids: list[str], meter: str, days: int
+) -> DailyCosts:
+    """The resources' daily costs of one meter category over the last `days` complete days."""
     costs = counted()
-    first = run.cost_end - timedelta(days=BILLED_DAYS)
-    ids = [vm["resource_id"] for vm in vms]
-    daily: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(Decimal))
-    currencies: dict[str, str] = {}
+    first = run.cost_end - timedelta(days=days)
+    daily = DailyCosts()
     for start in range(0, len(ids), 500):
         rows = conn.execute(
             select(
@@ -85,19 +89,35 @@ def monthly_costs(conn: Connection, run: RunContext, vms: list[dict]) -> dict[st
             ).where(
                 costs.c.resource_id.in_(ids[start : start + 500]),
                 costs.c.cost_type.in_((ACTUAL, AMORTIZED)),
-                costs.c.meter_category == COMPUTE_METER,
+                costs.c.meter_category == meter,
                 costs.c.usage_date >= first,
                 costs.c.usage_date < run.cost_end,
             )
         )
         for rid, cost_type, day, cost, currency in rows:
-            daily[(rid, cost_type)][day] += Decimal(str(cost))
-            currencies[rid] = currency
+            series = (daily.billed if cost_type == ACTUAL else daily.amortized).setdefault(rid, {})
+            series[day] = series.get(day, Decimal(0)) + Decimal(str(cost))
+            daily.currency[rid] = currency
+    return daily
+
+
+def monthly_costs(
+    conn: Connection, run: RunContext, resources: list[dict], meter: str = COMPUTE_METER
+) -> dict[str, MonthlyCost]:
+    """Each resource's cost per month at its own rate: amortized where a reservation or savings
+    plan makes it differ from the billed cost, else billed, else (VMs) the catalog's list price.
+
+    The rate is the highest daily cost (of one meter category: compute for VMs) of the last
+    complete days: a day the resource ran throughout, at the customer's own price. A mean would
+    be dragged down by the day it was started and by a day not yet settled.
+    """
+    daily = daily_costs(conn, run, [r["resource_id"] for r in resources], meter, BILLED_DAYS)
+    currencies = daily.currency
     result = {}
-    for vm in vms:
+    for vm in resources:
         rid = vm["resource_id"]
-        billed = daily.get((rid, ACTUAL), {})
-        amortized = daily.get((rid, AMORTIZED), {})
+        billed = daily.billed.get(rid, {})
+        amortized = daily.amortized.get(rid, {})
         top_billed = max(billed.values(), default=Decimal(0))
         top_amortized = max(amortized.values(), default=Decimal(0))
         if top_amortized > 0 and abs(top_amortized - top_billed) >= CENTS:
@@ -120,7 +140,7 @@ def monthly_costs(conn: Connection, run: RunContext, vms: list[dict]) -> dict[st
                 f"highest daily billed cost of the last {len(billed)} day(s), "
                 f"{money(top_billed)} {currency}, x 730 h / 24",
             )
-        elif (catalog := gpu_size(vm["size"])) and catalog.monthly_list_price is not None:
+        elif (catalog := gpu_size(vm.get("size", ""))) and catalog.monthly_list_price is not None:
             result[rid] = MonthlyCost(
                 catalog.monthly_list_price,
                 CATALOG_CURRENCY,
@@ -175,3 +195,36 @@ def utilisation(
         for rid, values in averages.items()
         if values
     }
+
+
+def idle_verdict(gpu: Utilisation | None, cpu: Utilisation | None, t: RuleSettings) -> bool | None:
+    """Whether a VM is idle by idle-gpu-vm's thresholds: by its GPUs where their telemetry
+    arrives, else by its CPU; None with too little data for a verdict."""
+    if gpu and gpu.hours >= t.idle_min_hours:
+        return gpu.average < t.idle_gpu_avg_percent and gpu.p95_max < t.idle_gpu_p95_percent
+    if cpu and cpu.hours >= t.idle_min_hours:
+        return cpu.average < t.idle_cpu_avg_percent
+    return None
+
+
+@dataclass(frozen=True)
+class Price:
+    per_hour: Decimal
+    currency: str
+
+
+def vm_prices(conn: Connection, run: RunContext) -> dict[tuple[str, str, str, str], Price]:
+    """(region, lower-cased size, offer, os) -> the retail price collected tonight."""
+    table = schema.vm_prices
+    rows = conn.execute(select(table).where(table.c.run_id == run.run_id))
+    return {
+        (r.location, r.size.lower(), r.offer, r.os): Price(Decimal(str(r.per_hour)), r.currency)
+        for r in rows
+    }
+
+
+def vm_price(prices: dict[tuple[str, str, str, str], Price], vm: dict, offer: str) -> Price | None:
+    """A VM's price for an offer, for its OS (a reservation's for any OS)."""
+    os = "any" if offer.startswith("reservation") else str(vm["os_type"]).lower()
+    key = (vm["location"], vm["size"].lower(), offer)
+    return prices.get((*key, os)) or prices.get((*key, "linux"))

@@ -9,7 +9,7 @@ from sqlalchemy import Connection
 
 from finops.config import Settings
 from finops.rules import Finding, RunContext
-from finops.rules.common import gpu_vms, money, monthly_costs, utilisation
+from finops.rules.common import gpu_vms, idle_verdict, money, monthly_costs, utilisation
 
 ID = "idle-gpu-vm"
 TITLE = "Idle GPU VM"
@@ -45,8 +45,10 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
         if rid in run.unmeasured:
             continue  # tonight's metrics failed for it: no verdict on older data
         g, c = gpu.get(rid), cpu.get(rid)
+        idle = idle_verdict(g, c, t)
+        if not idle:
+            continue  # working, or too little data for a verdict
         if g and g.hours >= t.idle_min_hours:
-            idle = g.average < t.idle_gpu_avg_percent and g.p95_max < t.idle_gpu_p95_percent
             measured = {
                 "signal": "gpu",
                 "gpu_avg_percent": g.average,
@@ -55,8 +57,7 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
                 "thresholds": f"GPU average < {t.idle_gpu_avg_percent} % and "
                 f"p95 < {t.idle_gpu_p95_percent} %",
             }
-        elif c and c.hours >= t.idle_min_hours:
-            idle = c.average < t.idle_cpu_avg_percent
+        else:
             measured = {
                 "signal": "cpu",
                 "gpu_telemetry": "missing",
@@ -64,10 +65,6 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
                 "hours_with_data": c.hours,
                 "thresholds": f"CPU average < {t.idle_cpu_avg_percent} % (no GPU telemetry)",
             }
-        else:
-            continue  # too little data for a verdict
-        if not idle:
-            continue
         cost = costs[rid]
         yield Finding(
             rule_id=ID,

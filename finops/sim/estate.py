@@ -31,6 +31,9 @@ PTU_SATURATED = "ptu-saturated"
 QUOTA = "gpu-quota-near-limit"
 MISSING_TAGS = "gpu-vm-missing-tags"
 OVERSIZED = "gpu-vm-oversized"
+ORPHANED_DISK = "gpu-disks-orphaned"
+COMMITMENT = "gpu-vm-commitment-candidate"
+SPOT = "gpu-vm-spot-candidate"
 REQUIRED_TAGS = ("owner", "cost-center", "environment")
 EXEMPT = "exempt"  # the VM would be flagged but carries the exempt tag
 
@@ -179,6 +182,55 @@ class SimAccount:
         )
 
 
+# The simulator's own monthly disk prices by SKU and size tier (near Azure's list prices, used
+# only to bill the simulated disks: the job reads billed cost, never these).
+DISK_MONTHLY = {
+    "Premium_LRS": {128: Decimal("19.71"), 1024: Decimal("135.17"), 2048: Decimal("259.05")},
+    "StandardSSD_LRS": {128: Decimal("9.60"), 1024: Decimal("76.80"), 2048: Decimal("153.60")},
+}
+OS_DISK_GB = 128
+
+
+@dataclass
+class SimDisk:
+    """A managed disk: a VM's OS disk, a data disk attached to one, or one left unattached."""
+
+    subscription_id: str
+    resource_group: str
+    name: str
+    location: str
+    size_gb: int
+    vm: SimVM | None = None
+    detached_h: int = 0  # hours since it was detached (unattached disks)
+    sku: str = "Premium_LRS"
+    expect: frozenset[str] = frozenset()
+    scenario: str = ""
+
+    @property
+    def id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/disks/{self.name}"
+        )
+
+    @property
+    def state(self) -> str:
+        if self.vm is None:
+            return "Unattached"
+        return "Reserved" if self.vm.power_state == "deallocated" else "Attached"
+
+    @property
+    def owner_changed_h(self) -> int:
+        """Hours since it was last attached or detached, or its VM deallocated or started."""
+        if self.vm is None:
+            return self.detached_h
+        return self.vm.off_since_h if self.vm.power_state == "deallocated" else self.vm.on_since_h
+
+    @property
+    def daily_cost(self) -> Decimal:
+        return (DISK_MONTHLY[self.sku][self.size_gb] * 12 / 365).quantize(Decimal("0.000001"))
+
+
 @dataclass(frozen=True)
 class Subscription:
     subscription_id: str
@@ -205,6 +257,7 @@ class Estate:
             for name in SUBSCRIPTION_NAMES
         ]
         self.vms: list[SimVM] = []
+        self.data_disks: list[SimDisk] = []
         self._scenarios()
         self._fillers(rng, vms - len(self.vms))
         self.by_id = {vm.id.lower(): vm for vm in self.vms}
@@ -397,8 +450,13 @@ class Estate:
             gpu=BUSY,
             cpu=MID_CPU,
             schedule="Enabled",
-            tags={"owner": "lee", "cost-center": "cc-7200", "environment": "prod"},
-            scenario="busy, scheduled",
+            tags={
+                "owner": "lee",
+                "cost-center": "cc-7200",
+                "environment": "prod",
+                "workload": "inference",
+            },
+            scenario="busy, scheduled; near-miss for spot: inference work",
         )
         add(
             0,
@@ -439,7 +497,8 @@ class Estate:
             cpu=MID_CPU,
             schedule="Enabled",
             priority="Spot",
-            scenario="busy spot VM",
+            tags={"workload": "batch"},
+            scenario="near-miss: batch work already on spot",
         )
         add(
             2,
@@ -559,6 +618,132 @@ class Estate:
                 expect=expect,
                 scenario=scenario,
             )
+        self._disk_scenarios(team)
+        prod = {"owner": "lee", "cost-center": "cc-7200", "environment": "prod"}
+        add(
+            1,
+            "serving",
+            "serve-nc-a100-reserved",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags=prod,
+            reserved=Decimal("0.62"),
+            scenario="near-miss: always on, covered by a reservation",
+        )
+        add(
+            1,
+            "serving",
+            "serve-nc-a100-28d",
+            "eastus",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=28 * 24,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags=prod,
+            scenario="near-miss: started 28 days ago, 93 % of the 30 days",
+        )
+        add(
+            2,
+            "batch",
+            "batch-nc-a100-embed",
+            "westeurope",
+            "Standard_NC24ads_A100_v4",
+            "running",
+            on_since_h=month,
+            gpu=BUSY,
+            cpu=MID_CPU,
+            schedule="Enabled",
+            tags={
+                "owner": "mika",
+                "cost-center": "cc-5300",
+                "environment": "prod",
+                "workload": "Batch",
+            },
+            expect=frozenset({SPOT}),
+            scenario="batch work on regular priority",
+        )
+
+    def _disk_scenarios(self, team: dict[str, str]) -> None:
+        sub = self.subscriptions[0].subscription_id
+        self._add(
+            0,
+            "ml-training",
+            "train-nc-a100-parked",
+            "eastus",
+            "Standard_NC96ads_A100_v4",
+            "deallocated",
+            on_since_h=LONG_AGO_H,
+            off_since_h=30 * 24,
+            gpu=BUSY,
+            tags=team,
+            scenario="deallocated 30 days: its disks are billed for nothing",
+        )
+        parked, recent = (
+            self.vms[-1],
+            next(v for v in self.vms if v.name == "train-nc-a100-dealloc"),
+        )
+        cpu = {"owner": "ops", "cost-center": "cc-1000", "environment": "prod"}
+        self._add(
+            2,
+            "web",
+            "web-cpu-parked",
+            "eastus",
+            "Standard_D8s_v5",
+            "deallocated",
+            on_since_h=LONG_AGO_H,
+            off_since_h=40 * 24,
+            tags=cpu,
+            scenario="near-miss: a CPU VM's disks, deallocated 40 days",
+        )
+        group = "ml-training"
+        self.data_disks += [
+            SimDisk(
+                sub,
+                group,
+                "train-nc-a100-parked-data",
+                "eastus",
+                2048,
+                vm=parked,
+                expect=frozenset({ORPHANED_DISK}),
+                scenario="data disk of a VM deallocated 30 days",
+            ),
+            SimDisk(
+                sub,
+                group,
+                "ckpt-a100-2026-10",
+                "eastus",
+                1024,
+                detached_h=20 * 24,
+                expect=frozenset({ORPHANED_DISK}),
+                scenario="checkpoints left unattached 20 days",
+            ),
+            SimDisk(
+                sub,
+                group,
+                "train-nc-a100-dealloc-data",
+                "eastus",
+                1024,
+                vm=recent,
+                scenario="near-miss: its VM deallocated 12 days ago",
+            ),
+            SimDisk(
+                sub,
+                group,
+                "scratch-redeploy",
+                "eastus",
+                128,
+                sku="StandardSSD_LRS",
+                detached_h=6,
+                scenario="near-miss: detached 6 hours ago (a redeploy)",
+            ),
+        ]
 
     def _ai_accounts(self) -> list[SimAccount]:
         subs = [s.subscription_id for s in self.subscriptions]
@@ -780,6 +965,24 @@ class Estate:
     def vms_in(self, subscription_id: str) -> list[SimVM]:
         return [vm for vm in self.vms if vm.subscription_id == subscription_id]
 
+    def disks_in(self, subscription_id: str) -> list[SimDisk]:
+        """Every VM's OS disk, then the data disks and the unattached ones."""
+        os_disks = [
+            SimDisk(
+                vm.subscription_id,
+                vm.resource_group,
+                f"{vm.name}_OsDisk",
+                vm.location,
+                OS_DISK_GB,
+                vm=vm,
+                expect=frozenset({ORPHANED_DISK})
+                if vm.is_gpu and vm.power_state == "deallocated" and vm.off_since_h > 14 * 24
+                else frozenset(),
+            )
+            for vm in self.vms_in(subscription_id)
+        ]
+        return os_disks + [d for d in self.data_disks if d.subscription_id == subscription_id]
+
     def quota_family(self, size: str) -> str:
         gpu = gpu_size(size)
         return gpu.quota_family if gpu else NON_GPU_SIZES[size][3]
@@ -944,6 +1147,24 @@ class Estate:
             for d in a.deployments
             if rule in d.expect
         }
+        if rule == ORPHANED_DISK:
+            return {
+                d.id.lower()
+                for sub in self.subscriptions
+                for d in self.disks_in(sub.subscription_id)
+                if rule in d.expect
+            }
+        if rule == COMMITMENT:  # every GPU VM on pay-as-you-go, on all month and working
+            return {
+                vm.id.lower()
+                for vm in self.vms
+                if vm.is_gpu
+                and vm.power_state == "running"
+                and vm.priority == "Regular"
+                and vm.reserved is None
+                and vm.on_since_h > 31 * 24
+                and not vm.expect & {IDLE, EXEMPT}
+            }
         if rule == MISSING_TAGS:  # every GPU VM without the required tags, fillers included
             return {vm.id.lower() for vm in self.vms if vm.is_gpu and self.missing_tags(vm)}
         return {vm.id.lower() for vm in self.vms if rule in vm.expect} | deployments

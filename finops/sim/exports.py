@@ -50,6 +50,7 @@ COLUMNS = (
     "x_SkuMeterName",
 )
 EXPORT_NAME = "finops-focus"
+DISK_DAY = (Decimal(1) / 30).quantize(Decimal("0.000001"))  # a disk's daily share of a month
 STORAGE_METERS = (("Hot LRS Data Stored", Decimal("10.0")), ("Read Operations", Decimal("2.5")))
 assert sum(amount for _, amount in STORAGE_METERS) == STORAGE_DAILY_COST
 
@@ -61,6 +62,7 @@ def _month_end(day: date) -> date:
 def _rows(estate: Estate, first: date, last: date) -> Iterator[dict]:
     account = f"sim-billing-{estate.seed}"
     names = {s.subscription_id: s.display_name for s in estate.subscriptions}
+    disks = {s.subscription_id: estate.disks_in(s.subscription_id) for s in estate.subscriptions}
     day = first
     while day <= last:
         period = {
@@ -130,6 +132,31 @@ def _rows(estate: Estate, first: date, last: date) -> Iterator[dict]:
                     "x_ResourceGroupName": account.resource_group,
                     "x_SkuMeterCategory": "Cognitive Services",
                     "x_SkuMeterName": "Provisioned Managed and tokens",
+                }
+            for disk in disks[sub.subscription_id]:
+                tier = f"{disk.sku} {disk.size_gb} GiB"
+                yield {
+                    **period,
+                    **scope,
+                    "BilledCost": disk.daily_cost,
+                    "EffectiveCost": disk.daily_cost,
+                    "ListCost": disk.daily_cost,
+                    "ChargeCategory": "Usage",
+                    "ChargeDescription": f"{tier} managed disk",
+                    "ConsumedQuantity": DISK_DAY,
+                    "ConsumedUnit": "1/Month",
+                    "PricingCategory": "Standard",
+                    "RegionId": disk.location,
+                    "ResourceId": disk.id,
+                    "ResourceName": disk.name,
+                    "ResourceType": "Disk",
+                    "ServiceCategory": "Storage",
+                    "ServiceName": "Storage",
+                    "SkuId": disk.sku,
+                    "Tags": json.dumps(disk.vm.tags if disk.vm else {}),
+                    "x_ResourceGroupName": disk.resource_group,
+                    "x_SkuMeterCategory": "Storage",
+                    "x_SkuMeterName": tier,
                 }
             storage = estate.storage_account_id(sub.subscription_id)
             for meter, amount in STORAGE_METERS:

@@ -15,10 +15,12 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import trustme
 
 from finops.catalog import gpu_sizes
-from finops.sim.estate import CPU_SIZES, REGIONS, STORAGE_DAILY_COST, Estate
+from finops.sim.estate import CPU_SIZES, REGIONS, STORAGE_DAILY_COST, Estate, SimDisk
 
 GPU_NAMESPACE = "telegraf/nvidia_smi"
 GPU_METRIC = "utilization_gpu"
@@ -85,9 +87,17 @@ class Request:
 class SimServer:
     """The simulated Azure estate over HTTPS on 127.0.0.1 (a free port unless told)."""
 
-    def __init__(self, estate: Estate, port: int = 0, page_size: int = 25, cost_page_size=200):
+    def __init__(
+        self,
+        estate: Estate,
+        port: int = 0,
+        page_size: int = 25,
+        cost_page_size: int = 200,
+        prices_page_size: int = 5,
+    ):
         self.estate = estate
         self.page_size = page_size
+        self.prices_page_size = prices_page_size
         self.cost_page_size = cost_page_size
         self.requests: Counter[str] = Counter()
         # (subscription, cost type, first day, last day) of each cost query asked
@@ -201,7 +211,8 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             how = "status"
-            if not self.headers.get("Authorization", "").startswith("Bearer "):
+            public = self.path.startswith("/api/retail/")  # the Retail Prices API: no auth
+            if not public and not self.headers.get("Authorization", "").startswith("Bearer "):
                 name = "unauthorized"
                 status, payload, headers = _error(
                     401, "AuthenticationFailed", "Authentication failed: no bearer token."
@@ -311,6 +322,137 @@ def list_vms(req: Request, subscription_id: str) -> Reply:
             }
         items.append(item)
     return 200, req.page(items, req.sim.page_size), {}
+
+
+def _disk_item(disk: SimDisk, now: datetime) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": disk.name,
+        "id": disk.id,
+        "type": "Microsoft.Compute/disks",
+        "location": disk.location,
+        "sku": {"name": disk.sku, "tier": disk.sku.split("_")[0].removesuffix("SSD")},
+        "properties": {
+            "creationData": {"createOption": "FromImage" if disk.vm else "Empty"},
+            "diskSizeGB": disk.size_gb,
+            "timeCreated": "2026-01-05T09:00:00+00:00",
+            "provisioningState": "Succeeded",
+            "diskState": disk.state,
+            # capitalised on the wire, as Azure sends it (the SDK reads this spelling)
+            "LastOwnershipUpdateTime": _iso(now - timedelta(hours=disk.owner_changed_h)),
+        },
+    }
+    if disk.name.endswith("_OsDisk"):
+        item["properties"]["osType"] = disk.vm.os_type if disk.vm else "Linux"
+    if disk.vm is not None:
+        item["managedBy"] = disk.vm.id
+    if disk.vm is not None and disk.vm.tags:
+        item["tags"] = dict(disk.vm.tags)
+    return item
+
+
+def list_disks(req: Request, subscription_id: str) -> Reply:
+    sub = _subscription(req, subscription_id)
+    estate = req.sim.estate
+    items = [_disk_item(d, estate.now) for d in estate.disks_in(sub.subscription_id)]
+    return 200, req.page(items, req.sim.page_size), {}
+
+
+# The simulator's own price ratios for the Retail Prices API (near typical Azure GPU discounts,
+# not Azure's figures): spot and reservations as a share of the pay-as-you-go price.
+SPOT_SHARE = Decimal("0.30")
+RESERVATION_SHARE = {"1 Year": (Decimal("0.62"), 8760), "3 Years": (Decimal("0.40"), 26280)}
+WINDOWS_PER_VCPU_HOUR = Decimal("0.046")
+RETAIL_FIELDS = {"serviceName", "armRegionName", "armSkuName", "priceType"}
+
+
+def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
+    gpu = gpu_sizes().get(size.lower())
+    if gpu is None or gpu.usd_per_hour is None or region not in REGIONS:
+        return []
+    name = gpu.size.removeprefix("Standard_").replace("_", " ")
+    series = f"Virtual Machines {name.split()[0].rstrip('0123456789')} Series"
+    payg = gpu.usd_per_hour
+    windows = payg + WINDOWS_PER_VCPU_HOUR * gpu.vcpus
+    rows = [
+        ("Consumption", None, name, series, payg),
+        ("Consumption", None, name, f"{series} Windows", windows),
+        ("Consumption", None, f"{name} Spot", series, payg * SPOT_SHARE),
+        ("Consumption", None, f"{name} Spot", f"{series} Windows", windows * SPOT_SHARE),
+        ("Consumption", None, f"{name} Low Priority", series, payg * SPOT_SHARE),
+        ("DevTestConsumption", None, name, series, payg),
+    ]
+    rows += [
+        ("Reservation", term, name, series, payg * share * hours)
+        for term, (share, hours) in RESERVATION_SHARE.items()
+    ]
+    items = []
+    for kind, term, sku, product, price in rows:
+        price = price.quantize(Decimal("0.0001"))
+        item = {
+            "currencyCode": "USD",
+            "tierMinimumUnits": 0.0,
+            "retailPrice": float(price),
+            "unitPrice": float(price),
+            "armRegionName": region,
+            "location": {"eastus": "US East", "westeurope": "EU West"}[region],
+            "effectiveStartDate": "2026-01-01T00:00:00Z",
+            "meterId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{region}/{sku}/{product}/{kind}")),
+            "meterName": sku,
+            "productId": f"DZH318Z0{zlib.crc32(product.encode()) % 10_000:04d}",
+            "skuId": f"DZH318Z0/{zlib.crc32(sku.encode()) % 1_000:04d}",
+            "productName": product,
+            "skuName": sku,
+            "serviceName": "Virtual Machines",
+            "serviceId": "DZH313Z7MMC8",
+            "serviceFamily": "Compute",
+            "unitOfMeasure": "1 Hour",
+            "type": kind,
+            "isPrimaryMeterRegion": True,
+            "armSkuName": gpu.size,
+        }
+        if term:
+            item["reservationTerm"] = term
+        items.append(item)
+    return items
+
+
+def retail_prices(req: Request) -> Reply:
+    """The Retail Prices API (no auth): `$filter` with `eq` clauses joined by `and`, values
+    case-sensitive as in api-version 2023-01-01-preview; pages of `$top` items (1000 in Azure)
+    linked by an absolute `NextPageLink` with `$skip`."""
+    text = req.query.get("$filter", "")
+    clauses = re.split(r"\s+and\s+", text.strip()) if text.strip() else []
+    wanted: dict[str, str] = {}
+    for clause in clauses:
+        match = re.fullmatch(r"(\w+) eq '([^']*)'", clause.strip())
+        if not match or match.group(1) not in RETAIL_FIELDS:
+            raise ApiError(400, "BadRequest", f"Invalid filter clause: {clause}")
+        wanted[match.group(1)] = match.group(2)
+    if wanted.get("serviceName") != "Virtual Machines" or not {
+        "armRegionName",
+        "armSkuName",
+    } <= set(wanted):
+        items: list[dict[str, Any]] = []  # the simulator prices GPU VM sizes only
+    else:
+        items = _retail_items(wanted["armRegionName"], wanted["armSkuName"])
+        items = [i for i in items if i["armSkuName"] == wanted["armSkuName"]]
+    if "priceType" in wanted:
+        items = [i for i in items if i["type"] == wanted["priceType"]]
+    skip = int(req.query.get("$skip", "0") or 0)
+    size = req.sim.prices_page_size
+    page = items[skip : skip + size]
+    link = None
+    if skip + size < len(items):
+        link = f"{req.sim.url}{req.path}?{urlencode({**req.query, '$skip': str(skip + size)})}"
+    body = {
+        "BillingCurrency": "USD",
+        "CustomerEntityId": "Default",
+        "CustomerEntityType": "Retail",
+        "Items": page,
+        "NextPageLink": link,
+        "Count": len(page),
+    }
+    return 200, body, {}
 
 
 def list_skus(req: Request, subscription_id: str) -> Reply:
@@ -669,6 +811,7 @@ def cost_query(req: Request, scope: str) -> Reply:
     if "$skiptoken" not in req.query:
         req.sim.cost_periods.append((sub.subscription_id, cost_type, first, last))
     rows = []
+    disks = estate.disks_in(sub.subscription_id)
     day = first
     while day <= min(last, estate.now.date()):
         number = int(day.strftime("%Y%m%d"))
@@ -680,6 +823,8 @@ def cost_query(req: Request, scope: str) -> Reply:
             cost = estate.account_daily_cost(account, day, cost_type)
             if cost:
                 rows.append(_cost_row(cost, number, account.id.lower(), AI_METERS, groups))
+        for disk in disks:
+            rows.append(_cost_row(disk.daily_cost, number, disk.id.lower(), "Storage", groups))
         storage = estate.storage_account_id(sub.subscription_id).lower()
         rows.append(_cost_row(STORAGE_DAILY_COST, number, storage, "Storage", groups))
         purchase = estate.reservation_purchase(sub.subscription_id, day)
@@ -908,6 +1053,8 @@ def _routes() -> list[Route]:
         ("subscriptions", "GET", r"/subscriptions", "2022-12-01", list_subscriptions),
         ("vms", "GET", compute + "/virtualMachines", compute_api, list_vms),
         ("skus", "GET", compute + "/skus", "2021-07-01", list_skus),
+        ("disks", "GET", compute + "/disks", "2026-03-02", list_disks),
+        ("prices", "GET", r"/api/retail/prices", "2023-01-01-preview", retail_prices),
         ("usages", "GET", compute + "/locations/([^/]+)/usages", compute_api, list_usages),
         (
             "operation",

@@ -75,6 +75,16 @@ def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, in
             conn, schema.resource_groups, night.resource_groups, run_id=run_id
         ),
         "ai_deployments": insert(conn, schema.ai_deployments, night.ai_deployments, run_id=run_id),
+        "disks": insert(
+            conn,
+            schema.disks,
+            (
+                {**d, "owner_changed": d["owner_changed"] and utc_naive(d["owner_changed"])}
+                for d in night.disks
+            ),
+            run_id=run_id,
+        ),
+        "vm_prices": insert(conn, schema.vm_prices, night.vm_prices, run_id=run_id),
         "metrics": upsert(
             conn,
             schema.metrics_hourly,

@@ -117,6 +117,35 @@ resource_groups = Table(
     Column("tags", JSON, nullable=False),
 )
 
+disks = Table(
+    "disks",
+    metadata,
+    _run_id(),
+    Column("resource_id", String(512), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("subscription_id", String(64), nullable=False),
+    Column("resource_group", String(128), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("sku", String(32), nullable=False),
+    Column("size_gb", Integer, nullable=False),
+    Column("state", String(32), nullable=False),  # Attached | Reserved | Unattached | ...
+    Column("managed_by", String(512)),  # the VM's id, lower-cased; None when unattached
+    Column("owner_changed", DateTime),  # last attached, detached, or its VM deallocated/started
+    Column("tags", JSON, nullable=False),
+)
+
+vm_prices = Table(
+    "vm_prices",
+    metadata,
+    _run_id(),
+    Column("location", String(64), primary_key=True),
+    Column("size", String(64), primary_key=True),
+    Column("offer", String(16), primary_key=True),  # payg | spot | reservation-1y | ...-3y
+    Column("os", String(8), primary_key=True),  # linux | windows | any (reservations)
+    Column("per_hour", Money, nullable=False),  # a reservation's whole-term price / its hours
+    Column("currency", String(3), nullable=False),
+)
+
 schedules = Table(
     "schedules",
     metadata,
