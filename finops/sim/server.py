@@ -203,6 +203,7 @@ def _error(status: int, code: str, message: str) -> Reply:
 def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes
 
         def log_message(self, *args) -> None:  # quiet: the job's own logs matter
             pass
