@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean function-package
+.PHONY: demo test lint install clean function-package bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ clean:
 function-package: $(STAMP)
 	rm -rf jobs/azure_function/wheels
 	$(BIN)/pip wheel --quiet --no-deps . -w jobs/azure_function/wheels
+
+# the benchmark (not part of make test): 1k, 10k and 50k VMs on SQLite and PostgreSQL
+bench: $(STAMP)
+	$(BIN)/python bench/run.py

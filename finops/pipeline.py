@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -32,12 +32,20 @@ from finops.store.lock import night_lock
 log = logging.getLogger("finops")
 
 
+# Called with (step name, "start" or "end") around every step: the benchmark's probes.
+STEP_OBSERVERS: list[Callable[[str, str], None]] = []
+
+
 @contextmanager
 def step(name: str) -> Iterator[dict]:
     """Log one line per step with its duration and whatever counts the step reports."""
     info: dict = {}
+    for observe in STEP_OBSERVERS:
+        observe(name, "start")
     started = time.perf_counter()
     yield info
+    for observe in STEP_OBSERVERS:
+        observe(name, "end")
     counts = " ".join(f"{k}={v}" for k, v in info.items())
     log.info("%s done in %.2fs %s", name, time.perf_counter() - started, counts)
 
@@ -347,7 +355,9 @@ def run_night(
     log.info("run %s succeeded: %s finding(s)", run_id, len(findings))
     if not with_rules:
         return NightResult(run_id, len(findings), None, missing)
-    report = produce(engine, settings, run_id)
+    with step("report") as info:
+        report = produce(engine, settings, run_id)
+        info["findings"] = len(findings)
     if settings.mail.enabled:
         mail_report(report, settings)
     return NightResult(run_id, len(findings), report.path, missing)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select
 
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.config import Settings, load_settings
@@ -26,6 +23,7 @@ from finops.sim.estate import Estate
 from finops.sim.server import SimServer
 from finops.store import schema
 from finops.store.db import engine_for
+from tests.postgres import free_port, fresh_pg_database, local_postgres
 
 
 @pytest.fixture(scope="session")
@@ -50,86 +48,11 @@ def clients(sim: SimServer) -> AzureClients:
     return AzureClients(StaticTokenCredential(), sim_settings(sim).azure)
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the session: FINOPS_TEST_DATABASE_URL, or one started here."""
-    given = os.environ.get("FINOPS_TEST_DATABASE_URL")
-    if given:
-        yield given
-        return
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        raise RuntimeError(
-            "PostgreSQL server binaries not found: install them (apt-get install postgresql) "
-            "or set FINOPS_TEST_DATABASE_URL"
-        )
-    root = Path(tempfile.mkdtemp(prefix="finops-pg-"))
-    data = root / "data"
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*as_postgres, initdb, "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [
-            *as_postgres,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(root / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def fresh_pg_database(server_url: str) -> str:
-    name = f"finops_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    for attempt in range(20):
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-            break
-        except Exception:
-            if attempt == 19:
-                raise
-            time.sleep(0.25)
-    admin.dispose()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
+    with local_postgres() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -163,7 +86,7 @@ def azurite(tmp_path_factory) -> Iterator[dict[str, str]]:
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             binary,

@@ -22,7 +22,7 @@ from finops.sim.estate import Estate
 from finops.sim.exports import COLUMNS, write_focus_export
 from finops.store import schema
 from finops.store.db import engine_for, upgrade
-from tests.conftest import fresh_pg_database
+from tests.postgres import fresh_pg_database
 from tests.test_cli import finops
 
 

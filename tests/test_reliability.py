@@ -71,7 +71,7 @@ def test_no_secret_reaches_logs_reports_plans_the_store_or_errors(tmp_path, post
     from aiosmtpd.controller import Controller
     from sqlalchemy import create_engine, inspect, text
 
-    from tests.conftest import fresh_pg_database
+    from tests.postgres import fresh_pg_database
     from tests.test_mail import PASSWORD, Inbox, _authenticator, _free_port
 
     db_canary = "canary-db-pw-41c9"
@@ -215,7 +215,7 @@ def test_a_night_killed_during_its_load_leaves_nothing_half_stored(
 
     from sqlalchemy import create_engine, text
 
-    from tests.conftest import fresh_pg_database
+    from tests.postgres import fresh_pg_database
     from tests.test_jobs import start, statuses, wait_for
 
     url = fresh_pg_database(postgres_server)

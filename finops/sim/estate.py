@@ -48,7 +48,7 @@ CPU_SIZES = {
 # retired): the job must store such VMs without calling them GPU VMs or failing.
 RETIRED_SIZES = {"Standard_NC6s_v3": (6, 112, Decimal("3.06"), "standardNCSv3Family")}
 NON_GPU_SIZES = {**CPU_SIZES, **RETIRED_SIZES}  # as far as the catalog knows
-REGIONS = ("eastus", "westeurope")
+REGIONS = ("eastus", "westeurope", "westus3", "swedencentral")  # the first two by default
 SUBSCRIPTION_NAMES = ("ml-research", "ml-production", "platform-shared")
 STORAGE_DAILY_COST = Decimal("12.500000")
 LONG_AGO_H = 60 * 24  # "always on": started before any window the job reads
@@ -247,14 +247,22 @@ class Estate:
         vms: int = 60,
         now: datetime | None = None,
         state_file: Path | None = None,
+        subscriptions: int = 3,
+        regions: int = 2,
+        gpu_share: float = 0.2,
     ):
+        """`vms` in all: the scenarios, then fillers spread over `subscriptions` (at least 3)
+        and `regions` (1 to 4), a `gpu_share` of them busy GPU VMs (the benchmark's knobs)."""
         self.seed = seed
+        self.regions = REGIONS[: max(1, min(regions, len(REGIONS)))]
+        self.gpu_share = gpu_share
         self.now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
         rng = random.Random(seed)
         self.tenant_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        names = [*SUBSCRIPTION_NAMES, *(f"team-{i:03d}" for i in range(3, subscriptions))]
         self.subscriptions = [
             Subscription(str(uuid.UUID(int=rng.getrandbits(128), version=4)), name)
-            for name in SUBSCRIPTION_NAMES
+            for name in names
         ]
         self.vms: list[SimVM] = []
         self.data_disks: list[SimDisk] = []
@@ -850,10 +858,10 @@ class Estate:
         rgs = ("app", "data", "batch", "analytics")
         for n in range(max(0, count)):
             sub = rng.randrange(len(self.subscriptions))
-            location = REGIONS[rng.randrange(len(REGIONS))]
+            location = self.regions[rng.randrange(len(self.regions))]
             tags = {} if rng.random() < 0.3 else {"owner": "ops", "environment": "prod"}
             rg = rgs[rng.randrange(len(rgs))]
-            if rng.random() < 0.2:
+            if rng.random() < self.gpu_share:
                 self._add(
                     sub,
                     rg,

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import trustme
 
 from finops.catalog import gpu_sizes
-from finops.sim.estate import CPU_SIZES, REGIONS, STORAGE_DAILY_COST, Estate, SimDisk
+from finops.sim.estate import CPU_SIZES, STORAGE_DAILY_COST, Estate, SimDisk
 
 GPU_NAMESPACE = "telegraf/nvidia_smi"
 GPU_METRIC = "utilization_gpu"
@@ -98,6 +98,7 @@ class SimServer:
         self.estate = estate
         self.page_size = page_size
         self.prices_page_size = prices_page_size
+        self.cost_pages: dict[str, list] = {}  # the last cost query's rows, for its next pages
         self.cost_page_size = cost_page_size
         self.requests: Counter[str] = Counter()
         # (subscription, cost type, first day, last day) of each cost query asked
@@ -212,6 +213,14 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             how = "status"
+            if self.path == "/_sim/requests":  # the counts, for the benchmark: not counted
+                data = json.dumps(dict(sim.requests)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             public = self.path.startswith("/api/retail/")  # the Retail Prices API: no auth
             if not public and not self.headers.get("Authorization", "").startswith("Bearer "):
                 name = "unauthorized"
@@ -366,9 +375,17 @@ WINDOWS_PER_VCPU_HOUR = Decimal("0.046")
 RETAIL_FIELDS = {"serviceName", "armRegionName", "armSkuName", "priceType"}
 
 
+REGION_NAMES = {
+    "eastus": "US East",
+    "westeurope": "EU West",
+    "westus3": "US West 3",
+    "swedencentral": "Sweden Central",
+}
+
+
 def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
     gpu = gpu_sizes().get(size.lower())
-    if gpu is None or gpu.usd_per_hour is None or region not in REGIONS:
+    if gpu is None or gpu.usd_per_hour is None or region not in REGION_NAMES:
         return []
     name = gpu.size.removeprefix("Standard_").replace("_", " ")
     series = f"Virtual Machines {name.split()[0].rstrip('0123456789')} Series"
@@ -395,7 +412,7 @@ def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
             "retailPrice": float(price),
             "unitPrice": float(price),
             "armRegionName": region,
-            "location": {"eastus": "US East", "westeurope": "EU West"}[region],
+            "location": REGION_NAMES[region],
             "effectiveStartDate": "2026-01-01T00:00:00Z",
             "meterId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{region}/{sku}/{product}/{kind}")),
             "meterName": sku,
@@ -459,7 +476,7 @@ def retail_prices(req: Request) -> Reply:
 def list_skus(req: Request, subscription_id: str) -> Reply:
     _subscription(req, subscription_id)
     match = re.fullmatch(r"\s*location\s+eq\s+'([^']+)'\s*", req.query.get("$filter", ""))
-    locations = [match.group(1).lower()] if match else list(REGIONS)
+    locations = [match.group(1).lower()] if match else list(req.sim.estate.regions)
     items = []
     for location in locations:
         for gpu in gpu_sizes().values():
@@ -809,29 +826,17 @@ def cost_query(req: Request, scope: str) -> Reply:
     if not set(groups) <= {"ResourceId", "MeterCategory", "ServiceName"}:
         raise ApiError(400, "BadRequest", f"Unsupported grouping {groups}.")
     cost_type = body["type"]
-    if "$skiptoken" not in req.query:
+    dimensions = (dataset.get("filter") or {}).get("dimensions") or {}
+    if dimensions and (dimensions.get("name"), dimensions.get("operator")) != ("ResourceId", "In"):
+        raise ApiError(400, "BadRequest", "The simulator filters on ResourceId In only.")
+    only = {v.lower() for v in dimensions.get("values", [])} if dimensions else None
+    key = json.dumps([sub.subscription_id, body], sort_keys=True, default=str)
+    if "$skiptoken" in req.query and key in req.sim.cost_pages:
+        rows = req.sim.cost_pages[key]  # a continuation: the rows the first page was cut from
+    else:
         req.sim.cost_periods.append((sub.subscription_id, cost_type, first, last))
-    rows = []
-    disks = estate.disks_in(sub.subscription_id)
-    day = first
-    while day <= min(last, estate.now.date()):
-        number = int(day.strftime("%Y%m%d"))
-        for vm in estate.vms_in(sub.subscription_id):
-            cost = estate.daily_cost(vm, day, cost_type)
-            if cost:
-                rows.append(_cost_row(cost, number, vm.id.lower(), "Virtual Machines", groups))
-        for account in estate.accounts_in(sub.subscription_id):
-            cost = estate.account_daily_cost(account, day, cost_type)
-            if cost:
-                rows.append(_cost_row(cost, number, account.id.lower(), AI_METERS, groups))
-        for disk in disks:
-            rows.append(_cost_row(disk.daily_cost, number, disk.id.lower(), "Storage", groups))
-        storage = estate.storage_account_id(sub.subscription_id).lower()
-        rows.append(_cost_row(STORAGE_DAILY_COST, number, storage, "Storage", groups))
-        purchase = estate.reservation_purchase(sub.subscription_id, day)
-        if purchase and cost_type == "ActualCost":
-            rows.append(_cost_row(purchase, number, "", "Virtual Machines", groups))
-        day += timedelta(days=1)
+        rows = _cost_rows(estate, sub.subscription_id, cost_type, first, last, groups, only)
+        req.sim.cost_pages = {key: rows}
     columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
     columns += [{"name": g, "type": "String"} for g in groups]
     columns.append({"name": "Currency", "type": "String"})
@@ -850,6 +855,35 @@ def cost_query(req: Request, scope: str) -> Reply:
         },
         {},
     )
+
+
+def _cost_rows(estate, subscription_id, cost_type, first, last, groups, only) -> list[list]:
+    """The Query API's rows for one subscription: every resource's daily cost (only those in
+    `only` when a ResourceId filter is given)."""
+    rows: list[list] = []
+
+    def add(cost, number: int, rid: str, category: str) -> None:
+        if cost and (only is None or rid in only):
+            rows.append(_cost_row(cost, number, rid, category, groups))
+
+    vms = [(vm, vm.id.lower()) for vm in estate.vms_in(subscription_id)]
+    accounts = [(a, a.id.lower()) for a in estate.accounts_in(subscription_id)]
+    disks = [(d.daily_cost, d.id.lower()) for d in estate.disks_in(subscription_id)]
+    storage = estate.storage_account_id(subscription_id).lower()
+    day = first
+    while day <= min(last, estate.now.date()):
+        number = int(day.strftime("%Y%m%d"))
+        for vm, rid in vms:
+            add(estate.daily_cost(vm, day, cost_type), number, rid, "Virtual Machines")
+        for account, rid in accounts:
+            add(estate.account_daily_cost(account, day, cost_type), number, rid, AI_METERS)
+        for cost, rid in disks:
+            add(cost, number, rid, "Storage")
+        add(STORAGE_DAILY_COST, number, storage, "Storage")
+        if cost_type == "ActualCost":
+            add(estate.reservation_purchase(subscription_id, day), number, "", "Virtual Machines")
+        day += timedelta(days=1)
+    return rows
 
 
 AI_METERS = "Cognitive Services"
