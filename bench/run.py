@@ -128,15 +128,16 @@ def night(args: argparse.Namespace) -> None:
         phases[phase]["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     pipeline.STEP_OBSERVERS.append(probe)
+    settings = load_settings()
     started = time.perf_counter()
-    result = pipeline.nightly(load_settings(), source="azure")
+    result = pipeline.nightly(settings, source="azure")
     total = time.perf_counter() - started
     from sqlalchemy import select
 
     from finops.store import schema
     from finops.store.db import engine_for
 
-    engine = engine_for(load_settings().db_url)
+    engine = engine_for(settings.db_url)
     with engine.connect() as conn:
         counts = conn.execute(select(schema.runs.c.counts).where(schema.runs.c.id == result.run_id))
         loaded = counts.scalar_one()

@@ -207,6 +207,18 @@ def idle_verdict(gpu: Utilisation | None, cpu: Utilisation | None, t: RuleSettin
     return None
 
 
+def working(conn: Connection, run: RunContext, ids: list[str], t: RuleSettings) -> set[str]:
+    """The VMs measured tonight and not idle by idle-gpu-vm's thresholds: those worth a
+    cheaper price (an idle one is worth deallocating, one without data gets no verdict)."""
+    gpu = utilisation(conn, run, "gpu", ids)
+    cpu = utilisation(conn, run, "cpu", ids)
+    return {
+        rid
+        for rid in ids
+        if rid not in run.unmeasured and idle_verdict(gpu.get(rid), cpu.get(rid), t) is False
+    }
+
+
 @dataclass(frozen=True)
 class Price:
     per_hour: Decimal

@@ -15,11 +15,10 @@ from finops.rules.common import (
     COMPUTE_METER,
     daily_costs,
     gpu_vms,
-    idle_verdict,
     money,
-    utilisation,
     vm_price,
     vm_prices,
+    working,
 )
 
 ID = "gpu-vm-commitment-candidate"
@@ -44,13 +43,12 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
     days = min(t.commitment_days, settings.cost_days)
     vms = [vm for vm in gpu_vms(conn, run, ["running"]) if vm["priority"].lower() == "regular"]
     ids = [vm["resource_id"] for vm in vms]
-    gpu = utilisation(conn, run, "gpu", ids)
-    cpu = utilisation(conn, run, "cpu", ids)
+    busy = working(conn, run, ids, t)
     daily = daily_costs(conn, run, ids, COMPUTE_METER, days)
     prices = vm_prices(conn, run)
     for vm in vms:
         rid = vm["resource_id"]
-        if rid in run.unmeasured or idle_verdict(gpu.get(rid), cpu.get(rid), t) is not False:
+        if rid not in busy:
             continue  # idle (idle-gpu-vm's verdict) or unknown: nothing to commit to
         billed = daily.billed.get(rid, {})
         amortized = daily.amortized.get(rid, {})

@@ -10,12 +10,11 @@ from finops.config import Settings
 from finops.rules import Finding, RunContext
 from finops.rules.common import (
     gpu_vms,
-    idle_verdict,
     money,
     monthly_costs,
-    utilisation,
     vm_price,
     vm_prices,
+    working,
 )
 
 ID = "gpu-vm-spot-candidate"
@@ -39,13 +38,12 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
         if vm["priority"].lower() == "regular" and tags & wanted:
             vms.append((vm, sorted(tags & wanted)))
     ids = [vm["resource_id"] for vm, _ in vms]
-    gpu = utilisation(conn, run, "gpu", ids)
-    cpu = utilisation(conn, run, "cpu", ids)
+    busy = working(conn, run, ids, t)
     costs = monthly_costs(conn, run, [vm for vm, _ in vms])
     prices = vm_prices(conn, run)
     for vm, matched in vms:
         rid = vm["resource_id"]
-        if rid in run.unmeasured or idle_verdict(gpu.get(rid), cpu.get(rid), t) is not False:
+        if rid not in busy:
             continue  # idle: deallocating it (idle-gpu-vm) beats any price
         payg, spot = vm_price(prices, vm, "payg"), vm_price(prices, vm, "spot")
         if not (payg and spot and payg.per_hour > 0):

@@ -90,6 +90,12 @@ LOW_CPU = Profile(0.5, 3.0)
 MID_CPU = Profile(15.0, 45.0, max_extra=10.0)
 
 
+def arm_id(subscription_id: str, group: str, resource_type: str, name: str) -> str:
+    return (
+        f"/subscriptions/{subscription_id}/resourceGroups/{group}/providers/{resource_type}/{name}"
+    )
+
+
 @dataclass
 class SimVM:
     index: int
@@ -118,9 +124,11 @@ class SimVM:
 
     @property
     def id(self) -> str:
-        return (
-            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        return arm_id(
+            self.subscription_id,
+            self.resource_group,
+            "Microsoft.Compute/virtualMachines",
+            self.name,
         )
 
     @property
@@ -176,9 +184,11 @@ class SimAccount:
 
     @property
     def id(self) -> str:
-        return (
-            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.CognitiveServices/accounts/{self.name}"
+        return arm_id(
+            self.subscription_id,
+            self.resource_group,
+            "Microsoft.CognitiveServices/accounts",
+            self.name,
         )
 
 
@@ -208,9 +218,8 @@ class SimDisk:
 
     @property
     def id(self) -> str:
-        return (
-            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
-            f"/providers/Microsoft.Compute/disks/{self.name}"
+        return arm_id(
+            self.subscription_id, self.resource_group, "Microsoft.Compute/disks", self.name
         )
 
     @property

@@ -144,6 +144,10 @@ class SimServer:
         with self._lock:
             self.requests[route] += 1
 
+    def request_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.requests)
+
     def inject(self, fault: Fault) -> Fault:
         with self._lock:
             self.faults.append(fault)
@@ -214,12 +218,7 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             how = "status"
             if self.path == "/_sim/requests":  # the counts, for the benchmark: not counted
-                data = json.dumps(dict(sim.requests)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(200, sim.request_counts(), {})
                 return
             public = self.path.startswith("/api/retail/")  # the Retail Prices API: no auth
             if not public and not self.headers.get("Authorization", "").startswith("Bearer "):
@@ -234,8 +233,11 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            self._send(status, payload, headers, truncate=how == "truncate")
+
+        def _send(self, status: int, payload: Any, headers: dict, truncate: bool = False) -> None:
             data = json.dumps(payload).encode() if payload is not None else b""
-            if how == "truncate":
+            if truncate:
                 data = data[: len(data) // 2]
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
