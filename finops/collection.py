@@ -2,16 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 Row = dict[str, Any]
+CHUNK = 5000
 
 
 class CostFileError(ValueError):
     """A cost export file that cannot be read: one line naming the file (and the row)."""
+
+
+class Spool:
+    """Rows on their way to the store, held in a temporary file rather than in memory: a large
+    tenant's night holds millions of cost rows and metric points."""
+
+    def __init__(self, rows: Iterable[Row] = ()):
+        # closed (and removed) when the spool is collected
+        self._file = tempfile.TemporaryFile(prefix="finops-night-")  # noqa: SIM115
+        self._pending: list[Row] = []
+        self._stored = 0
+        self.extend(rows)
+
+    def append(self, row: Row) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= CHUNK:
+            self._flush()
+
+    def extend(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self.append(row)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._file.seek(0, 2)
+            pickle.dump(self._pending, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+            self._stored += len(self._pending)
+            self._pending = []
+
+    def __len__(self) -> int:
+        return self._stored + len(self._pending)
+
+    def __iter__(self) -> Iterator[Row]:
+        self._flush()
+        end, position = self._file.seek(0, 2), 0
+        while position < end:
+            self._file.seek(position)
+            chunk = pickle.load(self._file)
+            position = self._file.tell()
+            yield from chunk
+
+    def absorb(self, other: Spool) -> None:
+        """Take over another spool's rows (file to file, without reading them back)."""
+        other._flush()
+        self._flush()
+        other._file.seek(0)
+        self._file.seek(0, 2)
+        shutil.copyfileobj(other._file, self._file)
+        self._stored += other._stored
+        other._file.close()
 
 
 @dataclass(frozen=True)
@@ -39,14 +93,21 @@ class Collection:
     resource_groups: list[Row] = field(default_factory=list)
     disks: list[Row] = field(default_factory=list)
     vm_prices: list[Row] = field(default_factory=list)  # retail prices of the GPU sizes in use
-    metrics: list[Row] = field(default_factory=list)  # VMs' and AI deployments' hourly series
+    metrics: Spool = field(default_factory=Spool)  # VMs' and AI deployments' hourly series
     ai_deployments: list[Row] = field(default_factory=list)
-    costs: list[Row] = field(default_factory=list)
+    costs: Spool = field(default_factory=Spool)  # from the Query API
     # (subscription, cost type, first day, last day) each fetched from the Query API: the
     # stored query rows of those windows are replaced by `costs`
     cost_windows: list[tuple[str, str, date, date]] = field(default_factory=list)
     cost_files: list[CostFile] = field(default_factory=list)
     failures: list[Row] = field(default_factory=list)  # source, scope, error: what is missing
+
+    def __post_init__(self) -> None:
+        # rows given by hand (tests) are spooled like collected ones
+        if not isinstance(self.metrics, Spool):
+            self.metrics = Spool(self.metrics)
+        if not isinstance(self.costs, Spool):
+            self.costs = Spool(self.costs)
 
     def counts(self) -> dict[str, int]:
         return {

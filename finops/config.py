@@ -336,6 +336,9 @@ class AzureSettings(BaseModel):
     retry_budget_seconds: float = Field(
         600, gt=0, description="longest time one Azure call may take, retries included"
     )
+    concurrency: int = Field(
+        4, ge=1, le=16, description="Azure calls in flight at once while collecting"
+    )
     credential: Literal["default", "simulated"] = Field(
         "default",
         description="default: DefaultAzureCredential; simulated: a fixed token the simulator "

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from finops import rules
 from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics, openai, prices
 from finops.azure.clients import AzureClients
-from finops.collection import Collection
+from finops.collection import Collection, Row, Spool
 from finops.config import Settings
 from finops.report import Report, produce
 from finops.report.mail import MailError, send
@@ -30,6 +34,7 @@ from finops.store.load import load_night, utc_naive
 from finops.store.lock import night_lock
 
 log = logging.getLogger("finops")
+T = TypeVar("T")
 
 
 # Called with (step name, "start" or "end") around every step: the benchmark's probes.
@@ -89,17 +94,47 @@ def stored_query_days(engine: Engine) -> dict[tuple[str, str], tuple[date, date]
         return {(sub, kind): (first, last) for sub, kind, first, last in conn.execute(query)}
 
 
+def concurrently(
+    pool: ThreadPoolExecutor, tasks: Iterable[tuple], fetch: Callable[..., T]
+) -> Iterator[tuple[tuple, Callable[[], T]]]:
+    """Run `fetch(*task)` for each task on the pool's threads, a few ahead of the caller; yield
+    each task with its result's getter, in task order (the getter raises what `fetch` raised,
+    so the caller decides what a failure costs)."""
+    ahead = 2 * pool._max_workers
+    running: deque[tuple[tuple, Future[T]]] = deque()
+    for task in tasks:
+        running.append((task, pool.submit(fetch, *task)))
+        if len(running) > ahead:
+            done, future = running.popleft()
+            yield done, future.result
+    while running:
+        done, future = running.popleft()
+        yield done, future.result
+
+
 def collect(
     clients: AzureClients,
     settings: Settings,
     now: datetime,
     stored_costs: dict[tuple[str, str], tuple[date, date]] | None = None,
 ) -> Collection:
-    """Collect the night. One subscription's inventory, one metrics batch, one subscription's
-    cost or one export location may fail without losing the rest: each failure is recorded in
-    `night.failures`, and a subscription whose inventory failed is left out whole (its VMs
-    without their schedules would all look unscheduled). Export files are found here and read
-    while the night is stored."""
+    """Collect the night, `azure.concurrency` calls at a time. One subscription's inventory, one
+    metrics batch, one subscription's cost or one export location may fail without losing the
+    rest: each failure is recorded in `night.failures`, and a subscription whose inventory
+    failed is left out whole (its VMs without their schedules would all look unscheduled).
+    Metric points and cost rows go to spools on disk, not memory. Export files are found here
+    and read while the night is stored."""
+    with ThreadPoolExecutor(settings.azure.concurrency, thread_name_prefix="collect") as pool:
+        return _collect(pool, clients, settings, now, stored_costs or {})
+
+
+def _collect(
+    pool: ThreadPoolExecutor,
+    clients: AzureClients,
+    settings: Settings,
+    now: datetime,
+    stored_costs: dict[tuple[str, str], tuple[date, date]],
+) -> Collection:
     now = now.replace(minute=0, second=0, microsecond=0)
     night = Collection(
         metrics_start=now - timedelta(days=settings.metrics_days),
@@ -110,12 +145,17 @@ def collect(
     with step("collect subscriptions") as info:
         night.subscriptions = inventory.subscriptions(clients, settings.subscriptions)
         info["subscriptions"] = len(night.subscriptions)
+
+    def inventory_of(sub: str) -> tuple[list[Row], list[Row], list[Row]]:
+        vms, schedules = inventory.vms(clients, sub), inventory.schedules(clients, sub)
+        return vms, schedules, inventory.resource_groups(clients, sub)
+
     sub_ids = []
     with step("collect inventory") as info:
-        for sub in (s["subscription_id"] for s in night.subscriptions):
+        subs = [(s["subscription_id"],) for s in night.subscriptions]
+        for (sub,), result in concurrently(pool, subs, inventory_of):
             with tolerated(night, "inventory", f"subscription {sub}"):
-                vms, schedules = inventory.vms(clients, sub), inventory.schedules(clients, sub)
-                groups = inventory.resource_groups(clients, sub)
+                vms, schedules, groups = result()
                 night.vms += vms
                 night.schedules += schedules
                 night.resource_groups += groups
@@ -124,12 +164,17 @@ def collect(
         if sub_ids and regions:
             with tolerated(night, "vm sizes", "all regions"):
                 night.vm_sizes = inventory.vm_sizes(clients, sub_ids[0], regions)
-        for sub in sub_ids:
-            sub_regions = {vm["location"] for vm in night.vms if vm["subscription_id"] == sub}
+        in_regions: dict[str, set[str]] = {sub: set() for sub in sub_ids}
+        for vm in night.vms:
+            in_regions[vm["subscription_id"]].add(vm["location"])
+        tasks = [(sub, in_regions[sub]) for sub in sub_ids]
+        each_sub = [(sub,) for sub in sub_ids]
+        for (sub, _), result in concurrently(pool, tasks, partial(inventory.quotas, clients)):
             with tolerated(night, "quotas", f"subscription {sub}"):
-                night.quotas += inventory.quotas(clients, sub, sub_regions)
+                night.quotas += result()
+        for (sub,), result in concurrently(pool, each_sub, partial(inventory.disks, clients)):
             with tolerated(night, "disks", f"subscription {sub}"):
-                night.disks += inventory.disks(clients, sub)
+                night.disks += result()
         info.update(
             vms=len(night.vms),
             disks=len(night.disks),
@@ -144,42 +189,57 @@ def collect(
         with tolerated(night, "prices", f"{len(in_use)} GPU sizes and regions"):
             night.vm_prices = prices.vm_prices(settings.azure, settings.currency, in_use)
         info.update(pairs=len(in_use), prices=len(night.vm_prices))
+
+    def vm_metrics(region: str, ids: list[str]) -> Spool:
+        return Spool(
+            metrics.hourly_batch(clients, region, ids, night.metrics_start, night.metrics_end)
+        )
+
     with step("collect metrics") as info:
-        for region, ids in metrics.batches(gpu_vms):
+        for (region, ids), result in concurrently(pool, metrics.batches(gpu_vms), vm_metrics):
             with tolerated(night, "metrics", f"{len(ids)} GPU VMs in {region}", ids):
-                night.metrics += metrics.hourly_batch(
-                    clients, region, ids, night.metrics_start, night.metrics_end
-                )
+                night.metrics.absorb(result())
         info.update(gpu_vms=len(gpu_vms), points=len(night.metrics))
+    ptu_start = now - timedelta(days=settings.ptu.window_days)
+
+    def ai_metrics(region: str, ids: list[str]) -> Spool:
+        return Spool(openai.hourly_batch(clients, region, ids, ptu_start, now))
+
     with step("collect AI deployments") as info:
-        accounts: list[dict] = []
-        for sub in sub_ids:
+        accounts: list[Row] = []
+        for (sub,), result in concurrently(pool, each_sub, partial(openai.deployments, clients)):
             with tolerated(night, "ai deployments", f"subscription {sub}"):
-                found_accounts, found = openai.deployments(clients, sub)
+                found_accounts, found = result()
                 accounts += found_accounts
                 night.ai_deployments += found
         points = len(night.metrics)
-        ptu_start = now - timedelta(days=settings.ptu.window_days)
-        for region, ids in openai.batches(accounts):
+        for (region, ids), result in concurrently(pool, openai.batches(accounts), ai_metrics):
             chosen = set(ids)
             deployments = [
                 d["resource_id"] for d in night.ai_deployments if d["account_id"] in chosen
             ]
             with tolerated(night, "metrics", f"{len(ids)} AI accounts in {region}", deployments):
-                night.metrics += openai.hourly_batch(clients, region, ids, ptu_start, now)
+                night.metrics.absorb(result())
         info.update(
             accounts=len(accounts),
             deployments=len(night.ai_deployments),
             points=len(night.metrics) - points,
         )
+
+    def daily_costs(sub: str, cost_type: str, first: date) -> Spool:
+        return Spool(costs.daily(clients, sub, first, night.cost_end, cost_type))
+
     with step("collect costs") as info:
-        for sub in sub_ids if settings.costs.query else []:
-            for cost_type in costs.COST_TYPES:
-                stored = (stored_costs or {}).get((sub, cost_type))
-                first = query_start(stored, night.cost_start, settings.costs.refetch_days)
-                with tolerated(night, "costs", f"{cost_type} of subscription {sub}"):
-                    night.costs += costs.daily(clients, sub, first, night.cost_end, cost_type)
-                    night.cost_windows.append((sub, cost_type, first, night.cost_end))
+        windows = [
+            (sub, kind, query_start(stored_costs.get((sub, kind)), night.cost_start, refetch))
+            for sub in (sub_ids if settings.costs.query else [])
+            for kind in costs.COST_TYPES
+            for refetch in [settings.costs.refetch_days]
+        ]
+        for (sub, cost_type, first), result in concurrently(pool, windows, daily_costs):
+            with tolerated(night, "costs", f"{cost_type} of subscription {sub}"):
+                night.costs.absorb(result())
+                night.cost_windows.append((sub, cost_type, first, night.cost_end))
         for location in settings.costs.exports:
             with tolerated(night, "cost export", location):
                 night.cost_files += focus.find(location, settings.azure)

@@ -6,7 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from sqlalchemy import select
 
 from finops.azure import costs, inventory, metrics, prices
@@ -172,7 +172,7 @@ def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
     end = estate.now.date()
     start = end - timedelta(days=30)
     before = sim.requests["costs"]
-    rows = costs.daily(clients, sub, start, end, "AmortizedCost")
+    rows = list(costs.daily(clients, sub, start, end, "AmortizedCost"))
     assert sim.requests["costs"] - before > 1  # more than one page
     vm = next(v for v in estate.vms_in(sub) if v.name == "train-nd-h100-stopped")
     day = end - timedelta(days=3)
@@ -249,3 +249,11 @@ def test_unexpected_api_shapes_are_stored_and_judged_safely(world):
     }
     assert "idle-upper" in flagged
     assert not {"hibernated-a100", "no-power-state", "retired-size"} & flagged
+
+
+def test_clients_refuse_a_server_their_trust_does_not_cover(sim):
+    """The clients share one HTTP session; it still checks the server's certificate."""
+    untrusting = sim_settings(sim).azure.model_copy(update={"ca_file": None, "retries": 0})
+    clients = AzureClients(StaticTokenCredential(), untrusting)
+    with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+        inventory.subscriptions(clients, [])

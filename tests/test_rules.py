@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from finops import rules
-from finops.collection import Collection
+from finops.collection import Collection, Spool
 from finops.config import load_settings
 from finops.pipeline import run_context, start_run
 from finops.store.db import engine_for, upgrade
@@ -57,6 +57,11 @@ class Night:
             subscriptions=[{"subscription_id": SUB, "display_name": "test"}],
             vm_sizes=SIZES,
         )
+        # as the collector fetched them: the store replaces these windows on each load
+        self.c.cost_windows = [
+            (SUB, cost_type, self.c.cost_start, self.c.cost_end)
+            for cost_type in ("ActualCost", "AmortizedCost")
+        ]
 
     def vm(
         self,
@@ -299,8 +304,7 @@ def test_every_rule_has_its_metadata():
 
 def test_metrics_outside_the_window_are_ignored(sqlite_url):
     night = Night().vm("old-idle", gpu=(1.0, 2.0), schedule="Enabled")
-    for row in night.c.metrics:
-        row["ts"] -= timedelta(days=8)
+    night.c.metrics = Spool({**row, "ts": row["ts"] - timedelta(days=8)} for row in night.c.metrics)
     assert {rule for rule, _ in night.evaluate(sqlite_url)} == {MISSING}  # untagged, nothing more
 
 

@@ -66,6 +66,7 @@ def _night(cost: str = "12.345678") -> Collection:
             }
             for d in range(1, 20)
         ],
+        cost_windows=[("s", "ActualCost", date(2026, 11, 1), date(2026, 11, 20))],
     )
 
 
@@ -139,7 +140,8 @@ def test_a_failing_load_leaves_nothing_of_the_night(db_url):
     engine = engine_for(db_url)
     upgrade(engine)
     night = _night()
-    night.costs[-1]["cost"] = None  # the last table loaded breaks a NOT NULL constraint
+    broken = {**next(iter(night.costs)), "usage_date": date(2026, 11, 20), "cost": None}
+    night.costs.append(broken)  # the last table loaded breaks a NOT NULL constraint
     run_id = start_run(engine, "test", NOW)
     with pytest.raises(IntegrityError):
         store_night(engine, run_id, night, load_settings())

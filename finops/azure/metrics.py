@@ -1,22 +1,23 @@
 """Hourly CPU and GPU utilisation (and GPU memory used) through the Azure Monitor metrics batch API.
 
-One call covers up to 50 resources of one subscription, region and type; the results are
-mapped back to resources by the prefix of each metric's id, because the SDK's result objects
-drop the `resourceid` field.
+One call covers up to 50 resources of one subscription, region and type.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
 
-from finops.azure.clients import AzureClients
+from finops.azure.clients import AzureClients, post_json
 from finops.collection import Row
 
 BATCH_SIZE = 50
 VM_NAMESPACE = "Microsoft.Compute/virtualMachines"
 CPU_METRIC = "Percentage CPU"
+API_VERSION = "2024-02-01"  # as azure-monitor-querymetrics 1.0.0 sends it
+INSIGHTS = "/providers/microsoft.insights/"
 
 
 def batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
@@ -27,6 +28,48 @@ def batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
     for (_, region), ids in sorted(groups.items()):
         for i in range(0, len(ids), BATCH_SIZE):
             yield region, ids[i : i + BATCH_SIZE]
+
+
+def query_batch(
+    clients: AzureClients,
+    region: str,
+    ids: list[str],
+    namespace: str,
+    names: Iterable[str],
+    aggregations: Iterable[str],
+    start: datetime,
+    end: datetime,
+    **options: str,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(lower-cased resource id, metric as sent) for each metric of each resource of one batch
+    call, hourly from `start` to `end`; `options` are further query parameters (filter, top).
+    The request is the one `MetricsClient.query_resources` sends, through the same client; the
+    answer is read as JSON, which also keeps each value's `resourceid` that the SDK drops."""
+    params = {
+        "api-version": API_VERSION,
+        "starttime": _iso(start),
+        "endtime": _iso(end),
+        "interval": "PT1H",
+        "metricnamespace": namespace,
+        "metricnames": ",".join(name.replace(",", "%2") for name in names),
+        "aggregation": ",".join(aggregations),
+        **options,
+    }
+    subscription = ids[0].split("/")[2]
+    answer = post_json(
+        clients.metrics(region),
+        f"/subscriptions/{subscription}/metrics:getBatch",
+        params,
+        {"resourceids": ids},
+    )
+    for value in answer.get("values") or []:
+        resource_id = str(value.get("resourceid") or "").lower()
+        for metric in value.get("value") or []:
+            yield resource_id or metric["id"].lower().split(INSIGHTS)[0], metric
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def hourly_batch(
@@ -43,38 +86,31 @@ def hourly_batch(
             {settings.gpu_metric_name: "gpu", settings.gpu_memory_metric_name: "gpu_memory"},
         ),
     ]
-    client = clients.metrics(region)
     rows = []
     for namespace, names in queries:
         by_name = {name.lower(): metric for name, metric in names.items()}
-        results = client.query_resources(
-            resource_ids=ids,
-            metric_namespace=namespace,
-            metric_names=list(names),
-            timespan=(start, end),
-            granularity=timedelta(hours=1),
-            aggregations=["Average", "Maximum"],
+        answer = query_batch(
+            clients, region, ids, namespace, names, ("Average", "Maximum"), start, end
         )
-        for result in results:
-            for series_metric in result.metrics:
-                resource_id = series_metric.id.lower().split("/providers/microsoft.insights/")[0]
-                metric = by_name.get(series_metric.name.lower())
-                if metric is None:
-                    continue
-                for series in series_metric.timeseries:
-                    for point in series.data:
-                        if point.average is None and point.maximum is None:
-                            continue
-                        rows.append(
-                            {
-                                "resource_id": resource_id,
-                                "metric": metric,
-                                "ts": point.timestamp,
-                                "average": point.average,
-                                "maximum": point.maximum,
-                                "total": None,
-                            }
-                        )
+        for resource_id, series_metric in answer:
+            metric = by_name.get(series_metric["name"]["value"].lower())
+            if metric is None:
+                continue
+            for series in series_metric.get("timeseries") or []:
+                for point in series.get("data") or []:
+                    average, maximum = point.get("average"), point.get("maximum")
+                    if average is None and maximum is None:
+                        continue
+                    rows.append(
+                        {
+                            "resource_id": resource_id,
+                            "metric": metric,
+                            "ts": datetime.fromisoformat(point["timeStamp"]),
+                            "average": average,
+                            "maximum": maximum,
+                            "total": None,
+                        }
+                    )
     return rows
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from finops.azure.clients import AzureClients
-from finops.azure.metrics import BATCH_SIZE
+from finops.azure.metrics import BATCH_SIZE, query_batch
 from finops.collection import Row
 from finops.store.costs import scope_of
 
@@ -93,40 +93,46 @@ def hourly_batch(
 ) -> list[Row]:
     """Hourly rows per deployment (resource id = account id + /deployments/NAME): ptu_util
     (average, maximum), tokens_in, tokens_out and throttled (total)."""
-    client = clients.metrics(region)
     rows = []
     for names, aggregations, dimension_filter in QUERIES:
-        results = client.query_resources(
-            resource_ids=account_ids,
-            metric_namespace=NAMESPACE,
-            metric_names=list(names),
-            timespan=(start, end),
-            granularity=timedelta(hours=1),
-            aggregations=list(aggregations),
+        answer = query_batch(
+            clients,
+            region,
+            account_ids,
+            NAMESPACE,
+            names,
+            aggregations,
+            start,
+            end,
             filter=dimension_filter,
-            max_results=MAX_SERIES,
+            top=str(MAX_SERIES),
         )
-        for result in results:
-            for metric in result.metrics:
-                account_id = metric.id.lower().split("/providers/microsoft.insights/")[0]
-                ours = OUR_NAMES[metric.name]
-                for series in metric.timeseries:
-                    values = {k.lower(): v for k, v in (series.metadata_values or {}).items()}
-                    deployment = values.get("modeldeploymentname")
-                    if not deployment:
+        for account_id, metric in answer:
+            ours = OUR_NAMES.get(metric["name"]["value"])
+            if ours is None:
+                continue
+            for series in metric.get("timeseries") or []:
+                values = {
+                    m["name"]["value"].lower(): m.get("value")
+                    for m in series.get("metadatavalues") or []
+                }
+                deployment = values.get("modeldeploymentname")
+                if not deployment:
+                    continue
+                rid = f"{account_id}/deployments/{deployment.lower()}"
+                for point in series.get("data") or []:
+                    average, maximum = point.get("average"), point.get("maximum")
+                    total = point.get("total")
+                    if average is None and maximum is None and total is None:
                         continue
-                    rid = f"{account_id}/deployments/{deployment.lower()}"
-                    for point in series.data:
-                        if point.average is None and point.maximum is None and point.total is None:
-                            continue
-                        rows.append(
-                            {
-                                "resource_id": rid,
-                                "metric": ours,
-                                "ts": point.timestamp,
-                                "average": point.average,
-                                "maximum": point.maximum,
-                                "total": point.total,
-                            }
-                        )
+                    rows.append(
+                        {
+                            "resource_id": rid,
+                            "metric": ours,
+                            "ts": datetime.fromisoformat(point["timeStamp"]),
+                            "average": average,
+                            "maximum": maximum,
+                            "total": total,
+                        }
+                    )
     return rows

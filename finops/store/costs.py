@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import Connection, Subquery, and_, or_, select
+from sqlalchemy import Connection, Subquery, select, union_all
 
 from finops.store import schema
 
@@ -38,11 +38,12 @@ def counted() -> Subquery:
         )
         .exists()
     )
-    return (
-        select(c)
-        .where(or_(c.c.source == FOCUS, and_(c.c.source == QUERY, ~covered)))
-        .subquery("counted_costs")
-    )
+    # two arms rather than one OR: a filter on resource ids reaches each arm and its index
+    # (the query rows' primary key leads with source, file_id 0, resource id)
+    return union_all(
+        select(c).where(c.c.source == FOCUS),
+        select(c).where(c.c.source == QUERY, c.c.file_id == 0, ~covered),
+    ).subquery("counted_costs")
 
 
 def spend_type(conn: Connection, first: date, end: date) -> str:

@@ -8,7 +8,7 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from finops.collection import Collection, CostFile, CostFileError, Row
 from finops.store import schema
@@ -42,25 +42,81 @@ def upsert(
     conn: Connection, table: Table, rows: Iterable[Row], accumulate: Sequence[str] = ()
 ) -> int:
     """Insert, or update the non-key columns where the primary key already exists (adding to
-    the stored value for the columns in `accumulate`)."""
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(conn.dialect.name)
-    if dialect is None:
+    the stored value for the columns in `accumulate`, and adding up rows of one key). Chunks go
+    in key order (SQLite's index pages stay in cache) as one DBAPI executemany (SQLite) or COPY
+    (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's own
+    work. Values pass through the columns' own bind processors, so they are stored exactly as
+    SQLAlchemy stores them."""
+    write = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
+    if write is None:
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
-    keys: Sequence[str] = [c.name for c in table.primary_key.columns]
-    stmt = dialect.insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    count = 0
+    for chunk in _chunks(rows):
+        chunk.sort(key=lambda row: tuple(row[k] for k in keys))
+        write(conn, table, chunk, accumulate)
+        count += len(chunk)
+    return count
+
+
+def _executemany_upsert(
+    conn: Connection, table: Table, chunk: list[Row], accumulate: Sequence[str]
+) -> None:
+    keys = {c.name for c in table.primary_key.columns}
+    stmt = sqlite.insert(table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=keys,
+        index_elements=list(keys),
         set_={
             c.name: c + stmt.excluded[c.name] if c.name in accumulate else stmt.excluded[c.name]
             for c in table.columns
             if c.name not in keys
         },
     )
-    count = 0
-    for chunk in _chunks(rows):
-        conn.execute(stmt, chunk)
-        count += len(chunk)
-    return count
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=[c.name for c in table.columns])
+    # one key twice in one chunk: the second updates the first, as a second statement would
+    conn.exec_driver_sql(str(compiled), _values(conn, table, compiled.positiontup, chunk))
+
+
+def _values(conn: Connection, table: Table, names: Sequence[str], chunk: list[Row]) -> list:
+    """Each row's values in `names` order, as SQLAlchemy's bind processors give them."""
+    dialect = conn.dialect
+    convert = [
+        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
+    ]
+    return [
+        tuple(row.get(name) if fn is None else fn(row.get(name)) for name, fn in convert)
+        for row in chunk
+    ]
+
+
+def _copy_upsert(
+    conn: Connection, table: Table, chunk: list[Row], accumulate: Sequence[str]
+) -> None:
+    """COPY into a temporary table, then one INSERT .. SELECT .. ON CONFLICT from it."""
+    keys = [c.name for c in table.primary_key.columns]
+    names = [c.name for c in table.columns]
+    stage = f"stage_{table.name}"
+    # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy reports it
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP "
+        f"AS SELECT * FROM {table.name} WITH NO DATA"
+    )
+    conn.exec_driver_sql(f"TRUNCATE {stage}")
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
+        for values in _values(conn, table, names, chunk):
+            copy.write_row(values)
+    others = [n for n in names if n not in keys]
+    picked = [f"sum({n})" if n in accumulate else f"(array_agg({n}))[1]" for n in others]
+    updates = [
+        f"{n} = {table.name}.{n} + excluded.{n}" if n in accumulate else f"{n} = excluded.{n}"
+        for n in others
+    ]
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"SELECT {', '.join(keys + picked)} FROM {stage} GROUP BY {', '.join(keys)} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+    )
 
 
 def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, int]:
@@ -112,7 +168,8 @@ def replace_query_costs(
     conn: Connection, windows: Iterable[tuple[str, str, date, date]], rows: Iterable[Row]
 ) -> int:
     """The Query API's rows replace what the store held for the windows fetched: a cost that
-    moved or vanished while it settled does not linger."""
+    moved or vanished while it settled does not linger. Rows of one resource, day and meter
+    (ids differing in case, on different pages) add up."""
     costs = schema.costs_daily
     for subscription_id, cost_type, first, last in windows:
         conn.execute(
@@ -123,7 +180,7 @@ def replace_query_costs(
                 costs.c.usage_date.between(first, last),
             )
         )
-    return upsert(conn, costs, rows)
+    return upsert(conn, costs, rows, accumulate=("cost",))
 
 
 COST_COLUMNS = ((ACTUAL, "billed"), (AMORTIZED, "effective"), (LIST, "list"))
