@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +87,18 @@ class Simulator:
         self.process.wait(timeout=30)
 
 
-def requests_so_far(url: str, ca_file: str) -> int:
+@cache
+def _session():
     import requests
 
-    return sum(requests.get(f"{url}/_sim/requests", verify=ca_file, timeout=30).json().values())
+    session = requests.Session()
+    session.trust_env = False  # no proxy look-up: it took seconds on a probe
+    return session
+
+
+def requests_so_far(url: str, ca_file: str) -> int:
+    answer = _session().get(f"{url}/_sim/requests", verify=ca_file, timeout=30)
+    return sum(answer.json().values())
 
 
 # -- one night, in a process of its own ----------------------------------------------------------
@@ -270,7 +280,8 @@ def database(backend: str, stack: ExitStack, work: Path, pg: list[str]) -> str:
     return fresh_pg_database(pg[0])
 
 
-def benchmark(args: argparse.Namespace) -> dict:
+def benchmark(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
+    """Every run, saved as it ends: a long run stopped halfway keeps what it measured."""
     results: dict = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -298,12 +309,13 @@ def benchmark(args: argparse.Namespace) -> dict:
                         results["runs"].append(
                             {"vms": vms, "backend": backend, "night": number, **measured}
                         )
+                        save(results)
                 if vms == args.naive_vms:
                     print(f"{vms} VMs, the naive way ...", file=sys.stderr)
                     results["naive"] = run_child("--naive", sim.env("sqlite://", work), work)
+                    save(results)
             finally:
                 sim.stop()
-        results["verdicts"] = verdicts(results, args)
         shutil.rmtree(work / "reports", ignore_errors=True)
     return results
 
@@ -424,12 +436,16 @@ def main() -> None:
         return night(args)
     if args.naive:
         return naive(args)
-    results = benchmark(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    table = markdown(results)
-    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(table)
+
+    def save(results: dict) -> None:
+        results["verdicts"] = verdicts(results, args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        args.out.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+
+    results = benchmark(args, save)
+    save(results)
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from finops.store.lock import night_lock
 
 log = logging.getLogger("finops")
 T = TypeVar("T")
+# guest metrics (GPU) reach Azure Monitor late: the last stored hours are asked for again
+METRICS_REFETCH = timedelta(hours=3)
 
 
 # Called with (step name, "start" or "end") around every step: the benchmark's probes.
@@ -112,20 +114,35 @@ def concurrently(
         yield done, future.result
 
 
+def stored_metric_hours(engine: Engine) -> dict[str, datetime]:
+    """Resource -> the newest hour the store holds of every one of its series (the oldest of
+    the series' newest hours)."""
+    m = schema.metrics_hourly
+    newest: dict[str, datetime] = {}
+    query = select(m.c.resource_id, func.max(m.c.ts)).group_by(m.c.resource_id, m.c.metric)
+    with engine.connect() as conn:
+        for rid, hour in conn.execute(query):
+            hour = hour.replace(tzinfo=UTC)
+            newest[rid] = min(hour, newest.get(rid, hour))
+    return newest
+
+
 def collect(
     clients: AzureClients,
     settings: Settings,
     now: datetime,
     stored_costs: dict[tuple[str, str], tuple[date, date]] | None = None,
+    stored_metrics: dict[str, datetime] | None = None,
 ) -> Collection:
     """Collect the night, `azure.concurrency` calls at a time. One subscription's inventory, one
     metrics batch, one subscription's cost or one export location may fail without losing the
     rest: each failure is recorded in `night.failures`, and a subscription whose inventory
     failed is left out whole (its VMs without their schedules would all look unscheduled).
-    Metric points and cost rows go to spools on disk, not memory. Export files are found here
-    and read while the night is stored."""
+    Metric points and cost rows go to spools on disk, not memory; a VM's metrics are asked for
+    from a few hours before the newest the store holds. Export files are found here and read
+    while the night is stored."""
     with ThreadPoolExecutor(settings.azure.concurrency, thread_name_prefix="collect") as pool:
-        return _collect(pool, clients, settings, now, stored_costs or {})
+        return _collect(pool, clients, settings, now, stored_costs or {}, stored_metrics or {})
 
 
 def _collect(
@@ -134,6 +151,7 @@ def _collect(
     settings: Settings,
     now: datetime,
     stored_costs: dict[tuple[str, str], tuple[date, date]],
+    stored_metrics: dict[str, datetime],
 ) -> Collection:
     now = now.replace(minute=0, second=0, microsecond=0)
     night = Collection(
@@ -191,9 +209,9 @@ def _collect(
         info.update(pairs=len(in_use), prices=len(night.vm_prices))
 
     def vm_metrics(region: str, ids: list[str]) -> Spool:
-        return Spool(
-            metrics.hourly_batch(clients, region, ids, night.metrics_start, night.metrics_end)
-        )
+        newest = min(stored_metrics.get(rid, night.metrics_start) for rid in ids)
+        start = max(night.metrics_start, newest - METRICS_REFETCH)
+        return Spool(metrics.hourly_batch(clients, region, ids, start, night.metrics_end))
 
     with step("collect metrics") as info:
         for (region, ids), result in concurrently(pool, metrics.batches(gpu_vms), vm_metrics):
@@ -406,7 +424,8 @@ def run_night(
         run_id = start_run(engine, source, now, simulation)
         log.info("run %s started (source %s)", run_id, source)
         try:
-            night = collect(clients, settings, now, stored_query_days(engine))
+            stored = stored_query_days(engine), stored_metric_hours(engine)
+            night = collect(clients, settings, now, *stored)
             findings = store_night(engine, run_id, night, settings, with_rules)
             missing = missing_data(night.failures)
         except BaseException as e:

@@ -257,3 +257,18 @@ def test_clients_refuse_a_server_their_trust_does_not_cover(sim):
     clients = AzureClients(StaticTokenCredential(), untrusting)
     with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
         inventory.subscriptions(clients, [])
+
+
+def test_metrics_are_asked_for_from_the_newest_stored_hour(clients, estate, sim):
+    """VMs whose series the store holds up to an hour ago get their last few hours again, not
+    the whole week; VMs the store has never seen get the whole week."""
+    settings = sim_settings(sim)
+    now = estate.now.replace(minute=0, second=0, microsecond=0)
+    full = collect(clients, settings, estate.now)
+    vm_ids = {vm["resource_id"] for vm in full.vms}
+    newest = dict.fromkeys(vm_ids, now - timedelta(hours=1))
+    night = collect(clients, settings, estate.now, stored_metrics=newest)
+    hours = [row["ts"] for row in night.metrics if row["resource_id"] in vm_ids]
+    assert hours and min(hours) >= now - timedelta(hours=4)
+    first = min(row["ts"] for row in full.metrics if row["resource_id"] in vm_ids)
+    assert first <= now - timedelta(days=6)

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -1032,11 +1033,7 @@ class Estate:
 
     def billed_hours(self, vm: SimVM, day: date) -> Decimal:
         """Hours the VM was billed on that UTC day (up to the estate's `now`)."""
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        billed_from = self.now - timedelta(hours=vm.on_since_h)
-        billed_to = self.now - timedelta(hours=vm.billed_until_h)
-        lo, hi = max(start, billed_from), min(start + timedelta(days=1), billed_to)
-        return Decimal(max(0.0, (hi - lo) / timedelta(hours=1)))
+        return _billed_hours(self.now, vm.on_since_h, vm.billed_until_h, day)
 
     def daily_cost(self, vm: SimVM, day: date, cost_type: str = "ActualCost") -> Decimal:
         """The VM's compute cost on that UTC day: ActualCost (billed: 0 under a reservation),
@@ -1185,3 +1182,13 @@ class Estate:
         if rule == MISSING_TAGS:  # every GPU VM without the required tags, fillers included
             return {vm.id.lower() for vm in self.vms if vm.is_gpu and self.missing_tags(vm)}
         return {vm.id.lower() for vm in self.vms if rule in vm.expect} | deployments
+
+
+@lru_cache(maxsize=1 << 16)
+def _billed_hours(now: datetime, on_since_h: float, billed_until_h: float, day: date) -> Decimal:
+    # most VMs share their on/off hours: large estates answer their cost queries from here
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    billed_from = now - timedelta(hours=on_since_h)
+    billed_to = now - timedelta(hours=billed_until_h)
+    lo, hi = max(start, billed_from), min(start + timedelta(days=1), billed_to)
+    return Decimal(max(0.0, (hi - lo) / timedelta(hours=1)))

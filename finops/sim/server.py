@@ -38,6 +38,7 @@ CPU_NAMESPACE = "microsoft.compute/virtualmachines"
 CPU_METRIC = "Percentage CPU"
 AI_NAMESPACE = "microsoft.cognitiveservices/accounts"
 MAX_BATCH_RESOURCES = 50
+COST_QUERIES_KEPT = 32  # cost queries whose rows are kept for their next pages
 
 Reply = tuple[int, Any, dict[str, str]]
 
@@ -98,7 +99,8 @@ class SimServer:
         self.estate = estate
         self.page_size = page_size
         self.prices_page_size = prices_page_size
-        self.cost_pages: dict[str, list] = {}  # the last cost query's rows, for its next pages
+        # the rows of the latest cost queries (several run at once), for their next pages
+        self.cost_pages: dict[str, list] = {}
         self.cost_page_size = cost_page_size
         self.requests: Counter[str] = Counter()
         # (subscription, cost type, first day, last day) of each cost query asked
@@ -838,7 +840,10 @@ def cost_query(req: Request, scope: str) -> Reply:
     else:
         req.sim.cost_periods.append((sub.subscription_id, cost_type, first, last))
         rows = _cost_rows(estate, sub.subscription_id, cost_type, first, last, groups, only)
-        req.sim.cost_pages = {key: rows}
+        pages = req.sim.cost_pages
+        pages[key] = rows
+        for old in list(pages)[:-COST_QUERIES_KEPT]:
+            pages.pop(old, None)
     columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
     columns += [{"name": g, "type": "String"} for g in groups]
     columns.append({"name": "Currency", "type": "String"})
