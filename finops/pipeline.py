@@ -231,7 +231,7 @@ def _collect(
                 accounts += found_accounts
                 night.ai_deployments += found
         points = len(night.metrics)
-        for (region, ids), result in concurrently(pool, openai.batches(accounts), ai_metrics):
+        for (region, ids), result in concurrently(pool, metrics.batches(accounts), ai_metrics):
             chosen = set(ids)
             deployments = [
                 d["resource_id"] for d in night.ai_deployments if d["account_id"] in chosen

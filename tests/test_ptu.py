@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from finops.azure import openai
+from finops.azure import metrics, openai
 from finops.catalog import ptu_models
 from finops.config import load_settings
 from finops.rules.ptu_pricing import (
@@ -282,7 +282,7 @@ def test_collectors_list_accounts_and_deployments_without_a_call_per_deployment(
     start = estate.now - timedelta(hours=6)
     before_metrics = sim.requests["metrics"]
     rows = []
-    for region, ids in openai.batches(accounts):
+    for region, ids in metrics.batches(accounts):
         rows += openai.hourly_batch(clients, region, ids, start, estate.now)
     assert sim.requests["metrics"] - before_metrics == 2 * 2  # two calls per account batch
     per = {(r["resource_id"].rsplit("/", 1)[1], r["metric"]) for r in rows}

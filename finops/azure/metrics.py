@@ -20,11 +20,12 @@ API_VERSION = "2024-02-01"  # as azure-monitor-querymetrics 1.0.0 sends it
 INSIGHTS = "/providers/microsoft.insights/"
 
 
-def batches(vms: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
-    """(region, up to 50 resource ids of one subscription and region) for each batch call."""
+def batches(resources: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
+    """(region, up to 50 resource ids of one subscription and region) for each batch call: VMs
+    or AI accounts."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for vm in vms:
-        groups[(vm["subscription_id"], vm["location"])].append(vm["resource_id"])
+    for resource in resources:
+        groups[(resource["subscription_id"], resource["location"])].append(resource["resource_id"])
     for (_, region), ids in sorted(groups.items()):
         for i in range(0, len(ids), BATCH_SIZE):
             yield region, ids[i : i + BATCH_SIZE]
@@ -97,21 +98,25 @@ def hourly_batch(
             if metric is None:
                 continue
             for series in series_metric.get("timeseries") or []:
-                for point in series.get("data") or []:
-                    average, maximum = point.get("average"), point.get("maximum")
-                    if average is None and maximum is None:
-                        continue
-                    rows.append(
-                        {
-                            "resource_id": resource_id,
-                            "metric": metric,
-                            "ts": datetime.fromisoformat(point["timeStamp"]),
-                            "average": average,
-                            "maximum": maximum,
-                            "total": None,
-                        }
-                    )
+                rows += points(resource_id, metric, series)
     return rows
+
+
+def points(resource_id: str, metric: str, series: dict[str, Any]) -> Iterator[Row]:
+    """Rows (resource_id, metric, ts, average, maximum, total) of one time series as the batch
+    API sends it, leaving out the hours without data."""
+    for point in series.get("data") or []:
+        average, maximum, total = point.get("average"), point.get("maximum"), point.get("total")
+        if average is None and maximum is None and total is None:
+            continue
+        yield {
+            "resource_id": resource_id,
+            "metric": metric,
+            "ts": datetime.fromisoformat(point["timeStamp"]),
+            "average": average,
+            "maximum": maximum,
+            "total": total,
+        }
 
 
 def hourly(clients: AzureClients, vms: list[Row], start: datetime, end: datetime) -> Iterator[Row]:

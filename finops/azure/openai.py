@@ -8,12 +8,10 @@ subscription-wide list); metrics go through the batch API, 50 accounts a call, s
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from finops.azure.clients import AzureClients
-from finops.azure.metrics import BATCH_SIZE, query_batch
+from finops.azure.metrics import points, query_batch
 from finops.collection import Row
 from finops.store.costs import scope_of
 
@@ -78,16 +76,6 @@ def deployments(clients: AzureClients, subscription_id: str) -> tuple[list[Row],
     return accounts, found
 
 
-def batches(accounts: Iterable[Row]) -> Iterator[tuple[str, list[str]]]:
-    """(region, up to 50 account ids of one subscription and region) for each batch call."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for account in accounts:
-        groups[(account["subscription_id"], account["location"])].append(account["resource_id"])
-    for (_, region), ids in sorted(groups.items()):
-        for i in range(0, len(ids), BATCH_SIZE):
-            yield region, ids[i : i + BATCH_SIZE]
-
-
 def hourly_batch(
     clients: AzureClients, region: str, account_ids: list[str], start: datetime, end: datetime
 ) -> list[Row]:
@@ -120,19 +108,5 @@ def hourly_batch(
                 if not deployment:
                     continue
                 rid = f"{account_id}/deployments/{deployment.lower()}"
-                for point in series.get("data") or []:
-                    average, maximum = point.get("average"), point.get("maximum")
-                    total = point.get("total")
-                    if average is None and maximum is None and total is None:
-                        continue
-                    rows.append(
-                        {
-                            "resource_id": rid,
-                            "metric": ours,
-                            "ts": datetime.fromisoformat(point["timeStamp"]),
-                            "average": average,
-                            "maximum": maximum,
-                            "total": total,
-                        }
-                    )
+                rows += points(rid, ours, series)
     return rows
