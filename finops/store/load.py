@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from itertools import islice
 from typing import Any
@@ -47,25 +47,25 @@ def upsert(
     (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's own
     work. Values pass through the columns' own bind processors, so they are stored exactly as
     SQLAlchemy stores them."""
-    write = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
-    if write is None:
+    prepare = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
+    if prepare is None:
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
     keys = [c.name for c in table.primary_key.columns]
+    write = prepare(conn, table, keys, accumulate)
     count = 0
     for chunk in _chunks(rows):
         chunk.sort(key=lambda row: tuple(row[k] for k in keys))
-        write(conn, table, chunk, accumulate)
+        write(chunk)
         count += len(chunk)
     return count
 
 
 def _executemany_upsert(
-    conn: Connection, table: Table, chunk: list[Row], accumulate: Sequence[str]
-) -> None:
-    keys = {c.name for c in table.primary_key.columns}
+    conn: Connection, table: Table, keys: list[str], accumulate: Sequence[str]
+) -> Callable[[list[Row]], None]:
     stmt = sqlite.insert(table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys),
+        index_elements=keys,
         set_={
             c.name: c + stmt.excluded[c.name] if c.name in accumulate else stmt.excluded[c.name]
             for c in table.columns
@@ -73,50 +73,60 @@ def _executemany_upsert(
         },
     )
     compiled = stmt.compile(dialect=conn.dialect, column_keys=[c.name for c in table.columns])
-    # one key twice in one chunk: the second updates the first, as a second statement would
-    conn.exec_driver_sql(str(compiled), _values(conn, table, compiled.positiontup, chunk))
+    sql, values = str(compiled), _converter(conn, table, compiled.positiontup)
+
+    def write(chunk: list[Row]) -> None:
+        # one key twice in one chunk: the second updates the first, as a second statement would
+        conn.exec_driver_sql(sql, [values(row) for row in chunk])
+
+    return write
 
 
-def _values(conn: Connection, table: Table, names: Sequence[str], chunk: list[Row]) -> list:
-    """Each row's values in `names` order, as SQLAlchemy's bind processors give them."""
+def _converter(conn: Connection, table: Table, names: Sequence[str]) -> Callable[[Row], tuple]:
+    """A row's values in `names` order, as SQLAlchemy's bind processors give them."""
     dialect = conn.dialect
     convert = [
         (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
     ]
-    return [
-        tuple(row.get(name) if fn is None else fn(row.get(name)) for name, fn in convert)
-        for row in chunk
-    ]
+    return lambda row: tuple(
+        row.get(name) if fn is None else fn(row.get(name)) for name, fn in convert
+    )
 
 
 def _copy_upsert(
-    conn: Connection, table: Table, chunk: list[Row], accumulate: Sequence[str]
-) -> None:
+    conn: Connection, table: Table, keys: list[str], accumulate: Sequence[str]
+) -> Callable[[list[Row]], None]:
     """COPY into a temporary table, then one INSERT .. SELECT .. ON CONFLICT from it."""
-    keys = [c.name for c in table.primary_key.columns]
     names = [c.name for c in table.columns]
     stage = f"stage_{table.name}"
-    # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy reports it
-    conn.exec_driver_sql(
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP "
-        f"AS SELECT * FROM {table.name} WITH NO DATA"
-    )
-    conn.exec_driver_sql(f"TRUNCATE {stage}")
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
-        for values in _values(conn, table, names, chunk):
-            copy.write_row(values)
+    values = _converter(conn, table, names)
     others = [n for n in names if n not in keys]
     picked = [f"sum({n})" if n in accumulate else f"(array_agg({n}))[1]" for n in others]
     updates = [
         f"{n} = {table.name}.{n} + excluded.{n}" if n in accumulate else f"{n} = excluded.{n}"
         for n in others
     ]
-    conn.exec_driver_sql(
+    merge = (
         f"INSERT INTO {table.name} ({', '.join(names)}) "
         f"SELECT {', '.join(keys + picked)} FROM {stage} GROUP BY {', '.join(keys)} "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
     )
+
+    def write(chunk: list[Row]) -> None:
+        # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy reports
+        # it (created here, not once: a rolled-back savepoint drops it)
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP "
+            f"AS SELECT * FROM {table.name} WITH NO DATA"
+        )
+        conn.exec_driver_sql(f"TRUNCATE {stage}")
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in chunk:
+                copy.write_row(values(row))
+        conn.exec_driver_sql(merge)
+
+    return write
 
 
 def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, int]:
