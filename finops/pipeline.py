@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
@@ -97,12 +97,11 @@ def stored_query_days(engine: Engine) -> dict[tuple[str, str], tuple[date, date]
 
 
 def concurrently(
-    pool: ThreadPoolExecutor, tasks: Iterable[tuple], fetch: Callable[..., T]
+    pool: ThreadPoolExecutor, ahead: int, tasks: Iterable[tuple], fetch: Callable[..., T]
 ) -> Iterator[tuple[tuple, Callable[[], T]]]:
-    """Run `fetch(*task)` for each task on the pool's threads, a few ahead of the caller; yield
-    each task with its result's getter, in task order (the getter raises what `fetch` raised,
-    so the caller decides what a failure costs)."""
-    ahead = 2 * pool._max_workers
+    """Run `fetch(*task)` for each task on the pool's threads, at most `ahead` tasks ahead of
+    the caller; yield each task with its result's getter, in task order (the getter raises what
+    `fetch` raised, so the caller decides what a failure costs)."""
     running: deque[tuple[tuple, Future[T]]] = deque()
     for task in tasks:
         running.append((task, pool.submit(fetch, *task)))
@@ -141,12 +140,15 @@ def collect(
     Metric points and cost rows go to spools on disk, not memory; a VM's metrics are asked for
     from a few hours before the newest the store holds. Export files are found here and read
     while the night is stored."""
-    with ThreadPoolExecutor(settings.azure.concurrency, thread_name_prefix="collect") as pool:
-        return _collect(pool, clients, settings, now, stored_costs or {}, stored_metrics or {})
+    workers = settings.azure.concurrency
+    with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
+        in_parallel = partial(concurrently, pool, 2 * workers)
+        stored = stored_costs or {}, stored_metrics or {}
+        return _collect(in_parallel, clients, settings, now, *stored)
 
 
 def _collect(
-    pool: ThreadPoolExecutor,
+    in_parallel: Callable[..., Iterator[tuple[tuple, Callable[[], Any]]]],
     clients: AzureClients,
     settings: Settings,
     now: datetime,
@@ -171,7 +173,7 @@ def _collect(
     sub_ids = []
     with step("collect inventory") as info:
         subs = [(s["subscription_id"],) for s in night.subscriptions]
-        for (sub,), result in concurrently(pool, subs, inventory_of):
+        for (sub,), result in in_parallel(subs, inventory_of):
             with tolerated(night, "inventory", f"subscription {sub}"):
                 vms, schedules, groups = result()
                 night.vms += vms
@@ -187,10 +189,10 @@ def _collect(
             in_regions[vm["subscription_id"]].add(vm["location"])
         tasks = [(sub, in_regions[sub]) for sub in sub_ids]
         each_sub = [(sub,) for sub in sub_ids]
-        for (sub, _), result in concurrently(pool, tasks, partial(inventory.quotas, clients)):
+        for (sub, _), result in in_parallel(tasks, partial(inventory.quotas, clients)):
             with tolerated(night, "quotas", f"subscription {sub}"):
                 night.quotas += result()
-        for (sub,), result in concurrently(pool, each_sub, partial(inventory.disks, clients)):
+        for (sub,), result in in_parallel(each_sub, partial(inventory.disks, clients)):
             with tolerated(night, "disks", f"subscription {sub}"):
                 night.disks += result()
         info.update(
@@ -214,7 +216,7 @@ def _collect(
         return Spool(metrics.hourly_batch(clients, region, ids, start, night.metrics_end))
 
     with step("collect metrics") as info:
-        for (region, ids), result in concurrently(pool, metrics.batches(gpu_vms), vm_metrics):
+        for (region, ids), result in in_parallel(metrics.batches(gpu_vms), vm_metrics):
             with tolerated(night, "metrics", f"{len(ids)} GPU VMs in {region}", ids):
                 night.metrics.absorb(result())
         info.update(gpu_vms=len(gpu_vms), points=len(night.metrics))
@@ -225,13 +227,13 @@ def _collect(
 
     with step("collect AI deployments") as info:
         accounts: list[Row] = []
-        for (sub,), result in concurrently(pool, each_sub, partial(openai.deployments, clients)):
+        for (sub,), result in in_parallel(each_sub, partial(openai.deployments, clients)):
             with tolerated(night, "ai deployments", f"subscription {sub}"):
                 found_accounts, found = result()
                 accounts += found_accounts
                 night.ai_deployments += found
         points = len(night.metrics)
-        for (region, ids), result in concurrently(pool, metrics.batches(accounts), ai_metrics):
+        for (region, ids), result in in_parallel(metrics.batches(accounts), ai_metrics):
             chosen = set(ids)
             deployments = [
                 d["resource_id"] for d in night.ai_deployments if d["account_id"] in chosen
@@ -248,13 +250,13 @@ def _collect(
         return Spool(costs.daily(clients, sub, first, night.cost_end, cost_type))
 
     with step("collect costs") as info:
+        refetch = settings.costs.refetch_days
         windows = [
             (sub, kind, query_start(stored_costs.get((sub, kind)), night.cost_start, refetch))
             for sub in (sub_ids if settings.costs.query else [])
             for kind in costs.COST_TYPES
-            for refetch in [settings.costs.refetch_days]
         ]
-        for (sub, cost_type, first), result in concurrently(pool, windows, daily_costs):
+        for (sub, cost_type, first), result in in_parallel(windows, daily_costs):
             with tolerated(night, "costs", f"{cost_type} of subscription {sub}"):
                 night.costs.absorb(result())
                 night.cost_windows.append((sub, cost_type, first, night.cost_end))
