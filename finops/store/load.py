@@ -171,7 +171,18 @@ def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, in
         if rows is not None:
             counts["cost_files"] += 1
             counts["cost_file_rows"] += rows
+    refresh_statistics(conn)
     return counts
+
+
+def refresh_statistics(conn: Connection) -> None:
+    """Let the planner see what the night loaded before the rules query it (in the same
+    transaction). Without this PostgreSQL planned the cost queries for an empty table after a
+    bulk COPY: nested loops over 3.7 M index probes, 16 s for one rule's query at 1,000 VMs
+    instead of 50 ms. ANALYZE samples a fixed number of rows, so it stays cheap as the store
+    grows."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE")
 
 
 def replace_query_costs(
