@@ -481,18 +481,6 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
         "gpu": settings.rules.idle_gpu_avg_percent,
         "cpu": settings.rules.idle_cpu_avg_percent,
     }
-    hours: dict[tuple[str, datetime], dict[str, float]] = defaultdict(dict)
-    ordered = sorted(gpu_ids)
-    for start in range(0, len(ordered), 500):
-        for rid, metric, ts, average in conn.execute(
-            select(table.c.resource_id, table.c.metric, table.c.ts, table.c.average).where(
-                table.c.resource_id.in_(ordered[start : start + 500]),
-                table.c.ts >= run["metrics_start"],
-                table.c.ts < run["metrics_end"],
-            )
-        ):
-            if average is not None:
-                hours[(rid, ts)][metric] = average
     start_day = run["metrics_start"].date()
     days = [
         start_day + timedelta(days=i)
@@ -500,11 +488,23 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
     ]
     busy = dict.fromkeys(days, 0.0)
     idle = dict.fromkeys(days, 0.0)
-    for (rid, ts), values in hours.items():
-        metric = "gpu" if "gpu" in values else "cpu"
-        gpus = float(sizes[vms[rid]["size"]].gpus)
-        target = idle if values[metric] < thresholds[metric] else busy
-        target[ts.date()] += gpus
+    ordered = sorted(gpu_ids)
+    for start in range(0, len(ordered), 100):  # a batch's hours at a time: memory stays flat
+        hours: dict[tuple[str, datetime], dict[str, float]] = defaultdict(dict)
+        for rid, metric, ts, average in conn.execute(
+            select(table.c.resource_id, table.c.metric, table.c.ts, table.c.average).where(
+                table.c.resource_id.in_(ordered[start : start + 100]),
+                table.c.ts >= run["metrics_start"],
+                table.c.ts < run["metrics_end"],
+            )
+        ):
+            if average is not None:
+                hours[(rid, ts)][metric] = average
+        for (rid, ts), values in hours.items():
+            metric = "gpu" if "gpu" in values else "cpu"
+            gpus = float(sizes[vms[rid]["size"]].gpus)
+            target = idle if values[metric] < thresholds[metric] else busy
+            target[ts.date()] += gpus
     total_idle, total = sum(idle.values()), sum(idle.values()) + sum(busy.values())
     return {
         "days": days,

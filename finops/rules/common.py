@@ -168,10 +168,11 @@ def utilisation(
     """Per resource over the run's metrics window: hours with data, the mean of hourly
     averages, and the 95th percentile of hourly maxima."""
     table = schema.metrics_hourly
-    averages: dict[str, list[float]] = defaultdict(list)
-    maxima: dict[str, list[float]] = defaultdict(list)
-    newest: dict[str, datetime] = {}
-    for start in range(0, len(resource_ids), 500):
+    found: dict[str, Utilisation] = {}
+    for start in range(0, len(resource_ids), 500):  # a batch at a time: memory stays flat
+        averages: dict[str, list[float]] = defaultdict(list)
+        maxima: dict[str, list[float]] = defaultdict(list)
+        newest: dict[str, datetime] = {}
         rows = conn.execute(
             select(table.c.resource_id, table.c.ts, table.c.average, table.c.maximum).where(
                 table.c.resource_id.in_(resource_ids[start : start + 500]),
@@ -185,16 +186,14 @@ def utilisation(
                 averages[rid].append(average)
                 newest[rid] = max(ts, newest.get(rid, ts))
             maxima[rid].append(maximum if maximum is not None else average)
-    return {
-        rid: Utilisation(
-            hours=len(values),
-            average=round(sum(values) / len(values), 2),
-            p95_max=round(percentile(maxima[rid], 95), 2),
-            newest=newest[rid],
-        )
-        for rid, values in averages.items()
-        if values
-    }
+        for rid, values in averages.items():
+            found[rid] = Utilisation(
+                hours=len(values),
+                average=round(sum(values) / len(values), 2),
+                p95_max=round(percentile(maxima[rid], 95), 2),
+                newest=newest[rid],
+            )
+    return found
 
 
 def idle_verdict(gpu: Utilisation | None, cpu: Utilisation | None, t: RuleSettings) -> bool | None:
