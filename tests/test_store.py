@@ -118,6 +118,60 @@ def test_migration_0003_keeps_the_cost_history(db_url):
     engine.dispose()
 
 
+def test_migration_0007_keeps_the_time_series(db_url):
+    """0007 rebuilds costs_daily and metrics_hourly WITHOUT ROWID on SQLite: rows and indexes
+    stay (PostgreSQL is left as it is)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from finops.store.db import SQL_DIR
+
+    engine = engine_for(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(SQL_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0006")
+        conn.execute(
+            text(
+                "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
+                "meter_category, subscription_id, resource_group, cost, currency) VALUES "
+                "('query', 0, :rid, :day, 'ActualCost', 'Virtual Machines', 's', 'rg', 1.5, 'EUR')"
+            ),
+            {"rid": RID, "day": date(2026, 11, 1)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO metrics_hourly (resource_id, metric, ts, average) VALUES "
+                "(:rid, 'cpu', :ts, 3.5)"
+            ),
+            {"rid": RID, "ts": datetime(2026, 11, 1, 5)},
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert [(r.resource_id, r.cost_type) for r in conn.execute(select(schema.costs_daily))] == [
+            (RID, "ActualCost")
+        ]
+        assert [r.average for r in conn.execute(select(schema.metrics_hourly))] == [3.5]
+        if engine.dialect.name == "sqlite":
+            tables = dict(
+                conn.exec_driver_sql(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
+                ).all()
+            )
+            assert tables["costs_daily"].endswith("WITHOUT ROWID")
+            assert tables["metrics_hourly"].endswith("WITHOUT ROWID")
+            indexes = {
+                name
+                for (name,) in conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'"
+                )
+            }
+            assert {"ix_costs_daily_date", "ix_costs_daily_scope"} <= indexes
+    engine.dispose()
+
+
 def test_nights_keep_history_and_time_series_upsert(db_url):
     engine = engine_for(db_url)
     upgrade(engine)

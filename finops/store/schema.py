@@ -167,6 +167,7 @@ metrics_hourly = Table(
     Column("average", Float),
     Column("maximum", Float),
     Column("total", Float),
+    sqlite_with_rowid=False,  # SQLite stores each row once, in the primary key's b-tree
 )
 
 ai_deployments = Table(
@@ -201,6 +202,7 @@ costs_daily = Table(
     Column("resource_group", String(128), nullable=False),
     Column("cost", Money, nullable=False),
     Column("currency", String(3), nullable=False),
+    sqlite_with_rowid=False,  # SQLite stores each row once, in the primary key's b-tree
 )
 
 cost_files = Table(
