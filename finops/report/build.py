@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, or_, select
 
 from finops.catalog import size_family
 from finops.config import Settings
@@ -129,15 +129,24 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
             select(schema.subscriptions).where(schema.subscriptions.c.run_id == run_id)
         )
     }
-    vms = {
-        r.resource_id: dict(r._mapping)
-        for r in conn.execute(select(schema.vms).where(schema.vms.c.run_id == run_id))
-    }
     sizes = {
         r.size: r
         for r in conn.execute(select(schema.vm_sizes).where(schema.vm_sizes.c.run_id == run_id))
     }
-    gpu_ids = {rid for rid, vm in vms.items() if (s := sizes.get(vm["size"])) and s.gpus > 0}
+    gpu_sizes = [size for size, r in sizes.items() if r.gpus > 0]
+    # only the resources the report names: GPU VMs and those with a finding (not the estate)
+    flagged = select(schema.findings.c.resource_id).where(schema.findings.c.run_id == run_id)
+    vm_table = schema.vms
+    vms = {
+        r.resource_id: dict(r._mapping)
+        for r in conn.execute(
+            select(vm_table).where(
+                vm_table.c.run_id == run_id,
+                or_(vm_table.c.size.in_(gpu_sizes), vm_table.c.resource_id.in_(flagged)),
+            )
+        )
+    }
+    gpu_ids = {rid for rid, vm in vms.items() if vm["size"] in gpu_sizes}
     titles = {rule_id: module.TITLE for rule_id, module in registry().items()}
     deployments = {
         r.resource_id: dict(r._mapping)
@@ -147,13 +156,21 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     }
     disks = {
         r.resource_id: {**r._mapping, "size": f"{r.size_gb} GiB {r.sku}"}
-        for r in conn.execute(select(schema.disks).where(schema.disks.c.run_id == run_id))
+        for r in conn.execute(
+            select(schema.disks).where(
+                schema.disks.c.run_id == run_id, schema.disks.c.resource_id.in_(flagged)
+            )
+        )
     }
     rows = _findings(conn, run, {**vms, **deployments, **disks}, subs, titles)
     kinds = {rule_id: getattr(module, "KIND", "saving") for rule_id, module in registry().items()}
-    alerts = [f for f in rows if kinds.get(f["rule_id"]) == "alert" and not f["exempt"]]
-    hygiene = [f for f in rows if kinds.get(f["rule_id"]) == "hygiene" and not f["exempt"]]
-    active = [f for f in rows if not f["exempt"] and f not in alerts and f not in hygiene]
+    alerts: list[dict[str, Any]] = []
+    hygiene: list[dict[str, Any]] = []
+    active: list[dict[str, Any]] = []
+    by_kind = {"alert": alerts, "hygiene": hygiene}
+    for f in rows:
+        if not f["exempt"]:
+            by_kind.get(kinds.get(f["rule_id"], "saving"), active).append(f)
     totals = savings_by_currency(active)
     currency = (
         settings.currency
