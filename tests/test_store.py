@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -84,20 +85,28 @@ def test_migrations_build_exactly_the_schema(db_url):
     assert diff == []
 
 
-def test_migration_0003_keeps_the_cost_history(db_url):
-    """0003 rebuilds costs_daily with its source and scope: the rows stored before stay."""
+@contextmanager
+def _at_revision(engine, revision: str):
+    """A transaction on a store migrated up to `revision` only."""
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import text
 
     from finops.store.db import SQL_DIR
 
-    engine = engine_for(db_url)
     config = Config()
     config.set_main_option("script_location", str(SQL_DIR))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
+        command.upgrade(config, revision)
+        yield conn
+
+
+def test_migration_0003_keeps_the_cost_history(db_url):
+    """0003 rebuilds costs_daily with its source and scope: the rows stored before stay."""
+    from sqlalchemy import text
+
+    engine = engine_for(db_url)
+    with _at_revision(engine, "0002") as conn:
         conn.execute(
             text(
                 "INSERT INTO costs_daily (resource_id, usage_date, cost_type, meter_category, "
@@ -121,18 +130,10 @@ def test_migration_0003_keeps_the_cost_history(db_url):
 def test_migration_0007_keeps_the_time_series(db_url):
     """0007 rebuilds costs_daily and metrics_hourly WITHOUT ROWID on SQLite: rows and indexes
     stay (PostgreSQL is left as it is)."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
-    from finops.store.db import SQL_DIR
-
     engine = engine_for(db_url)
-    config = Config()
-    config.set_main_option("script_location", str(SQL_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0006")
+    with _at_revision(engine, "0006") as conn:
         conn.execute(
             text(
                 "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
