@@ -20,7 +20,8 @@ class CostFileError(ValueError):
 
 class Spool:
     """Rows on their way to the store, held in a temporary file rather than in memory: a large
-    tenant's night holds millions of cost rows and metric points."""
+    tenant's night holds millions of cost rows and metric points, and tens of thousands of VMs
+    and disks."""
 
     def __init__(self, rows: Iterable[Row] = ()):
         # closed (and removed) when the spool is collected
@@ -86,12 +87,12 @@ class Collection:
     cost_start: date
     cost_end: date
     subscriptions: list[Row] = field(default_factory=list)
-    vms: list[Row] = field(default_factory=list)
+    vms: Spool = field(default_factory=Spool)
     vm_sizes: list[Row] = field(default_factory=list)
     quotas: list[Row] = field(default_factory=list)
     schedules: list[Row] = field(default_factory=list)
     resource_groups: list[Row] = field(default_factory=list)
-    disks: list[Row] = field(default_factory=list)
+    disks: Spool = field(default_factory=Spool)
     vm_prices: list[Row] = field(default_factory=list)  # retail prices of the GPU sizes in use
     metrics: Spool = field(default_factory=Spool)  # VMs' and AI deployments' hourly series
     ai_deployments: list[Row] = field(default_factory=list)
@@ -104,10 +105,9 @@ class Collection:
 
     def __post_init__(self) -> None:
         # rows given by hand (tests) are spooled like collected ones
-        if not isinstance(self.metrics, Spool):
-            self.metrics = Spool(self.metrics)
-        if not isinstance(self.costs, Spool):
-            self.costs = Spool(self.costs)
+        for name in ("vms", "disks", "metrics", "costs"):
+            if not isinstance(getattr(self, name), Spool):
+                setattr(self, name, Spool(getattr(self, name)))
 
     def counts(self) -> dict[str, int]:
         return {

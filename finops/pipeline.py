@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -171,22 +171,28 @@ def _collect(
         return vms, schedules, inventory.resource_groups(clients, sub)
 
     sub_ids = []
+    # VM ids by subscription, region and size: what the rest of the night needs of the VMs,
+    # which themselves go to the spool
+    placed: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     with step("collect inventory") as info:
         subs = [(s["subscription_id"],) for s in night.subscriptions]
         for (sub,), result in in_parallel(subs, inventory_of):
             with tolerated(night, "inventory", f"subscription {sub}"):
                 vms, schedules, groups = result()
-                night.vms += vms
+                night.vms.extend(vms)
                 night.schedules += schedules
                 night.resource_groups += groups
                 sub_ids.append(sub)
-        regions = {vm["location"] for vm in night.vms}
+                for vm in vms:
+                    key = (vm["subscription_id"], vm["location"], vm["size"])
+                    placed[key].append(vm["resource_id"])
+        regions = {region for _, region, _ in placed}
         if sub_ids and regions:
             with tolerated(night, "vm sizes", "all regions"):
                 night.vm_sizes = inventory.vm_sizes(clients, sub_ids[0], regions)
         in_regions: dict[str, set[str]] = {sub: set() for sub in sub_ids}
-        for vm in night.vms:
-            in_regions[vm["subscription_id"]].add(vm["location"])
+        for sub, region, _ in placed:
+            in_regions[sub].add(region)
         tasks = [(sub, in_regions[sub]) for sub in sub_ids]
         each_sub = [(sub,) for sub in sub_ids]
         for (sub, _), result in in_parallel(tasks, partial(inventory.quotas, clients)):
@@ -194,7 +200,7 @@ def _collect(
                 night.quotas += result()
         for (sub,), result in in_parallel(each_sub, partial(inventory.disks, clients)):
             with tolerated(night, "disks", f"subscription {sub}"):
-                night.disks += result()
+                night.disks.extend(result())
         info.update(
             vms=len(night.vms),
             disks=len(night.disks),
@@ -203,7 +209,13 @@ def _collect(
             regions=len(regions),
         )
     gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
-    gpu_vms = [vm for vm in night.vms if vm["size"].lower() in gpu_sizes]
+    gpu_vms = [
+        {"resource_id": rid, "subscription_id": sub, "location": region, "size": size}
+        for (sub, region, size), ids in placed.items()
+        if size.lower() in gpu_sizes
+        for rid in ids
+    ]
+    del placed
     with step("collect prices") as info:
         in_use = {(vm["location"], vm["size"]) for vm in gpu_vms}
         with tolerated(night, "prices", f"{len(in_use)} GPU sizes and regions"):
