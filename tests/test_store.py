@@ -169,7 +169,7 @@ def test_migration_0007_keeps_the_time_series(db_url):
                     "SELECT name FROM sqlite_master WHERE type = 'index'"
                 )
             }
-            assert {"ix_costs_daily_date", "ix_costs_daily_scope"} <= indexes
+            assert {ix.name for ix in schema.costs_daily.indexes} <= indexes
     engine.dispose()
 
 
@@ -214,3 +214,47 @@ def test_safe_url_hides_the_password():
     url = "postgresql+psycopg://finops:s3cr3t-canary@db.example:5432/finops"
     assert "s3cr3t-canary" not in safe_url(url)
     assert "db.example" in safe_url(url)
+
+
+def test_query_windows_replace_only_their_own_subscriptions_days(db_url):
+    """Windows of one cost type and span are deleted in one statement over their
+    subscriptions; a subscription with another window keeps the days outside it."""
+    from finops.store.load import replace_query_costs
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    day = date(2026, 11, 20)
+
+    def row(sub: str, days_ago: int, cost_type: str = "ActualCost") -> dict:
+        return {
+            "source": "query",
+            "file_id": 0,
+            "resource_id": f"/subscriptions/{sub}/resourcegroups/rg/providers/x/y/{days_ago}",
+            "usage_date": day - timedelta(days=days_ago),
+            "cost_type": cost_type,
+            "meter_category": "Storage",
+            "subscription_id": sub,
+            "resource_group": "rg",
+            "cost": Decimal("1"),
+            "currency": "USD",
+        }
+
+    stored = [row(sub, d) for sub in ("a", "b", "c") for d in (1, 10)] + [
+        row("a", 1, "AmortizedCost")
+    ]
+    windows = [
+        ("a", "ActualCost", day - timedelta(days=3), day),
+        ("b", "ActualCost", day - timedelta(days=3), day),
+        ("c", "ActualCost", day - timedelta(days=30), day),
+    ]
+    with engine.begin() as conn:
+        conn.execute(schema.costs_daily.insert(), stored)
+        replace_query_costs(conn, windows, [])
+        c = schema.costs_daily
+        left = conn.execute(select(c.c.subscription_id, c.c.usage_date, c.c.cost_type)).all()
+    engine.dispose()
+    assert sorted(left) == [
+        ("a", day - timedelta(days=10), "ActualCost"),
+        ("a", day - timedelta(days=1), "AmortizedCost"),
+        ("b", day - timedelta(days=10), "ActualCost"),
+    ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select, update
@@ -52,9 +54,10 @@ def upsert(
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
     keys = [c.name for c in table.primary_key.columns]
     write = prepare(conn, table, keys, accumulate)
+    key = itemgetter(*keys)
     count = 0
     for chunk in _chunks(rows):
-        chunk.sort(key=lambda row: tuple(row[k] for k in keys))
+        chunk.sort(key=key)
         write(chunk)
         count += len(chunk)
     return count
@@ -85,12 +88,19 @@ def _executemany_upsert(
 def _converter(conn: Connection, table: Table, names: Sequence[str]) -> Callable[[Row], tuple]:
     """A row's values in `names` order, as SQLAlchemy's bind processors give them."""
     dialect = conn.dialect
-    convert = [
-        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
+    processors = [
+        (i, fn)
+        for i, name in enumerate(names)
+        if (fn := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
-    return lambda row: tuple(
-        row.get(name) if fn is None else fn(row.get(name)) for name, fn in convert
-    )
+
+    def values(row: Row) -> tuple:
+        found = [row.get(name) for name in names]
+        for i, fn in processors:
+            found[i] = fn(found[i])
+        return tuple(found)
+
+    return values
 
 
 def _copy_upsert(
@@ -192,13 +202,21 @@ def replace_query_costs(
     moved or vanished while it settled does not linger. Rows of one resource, day and meter
     (ids differing in case, on different pages) add up."""
     costs = schema.costs_daily
+    # one statement per window over all its subscriptions: the index leads with the day, so a
+    # statement per subscription would read the window's days once for each. The days are
+    # named one by one: SQLite then seeks the index on all three of its columns, where for a
+    # range of days it would rather scan every query row by the primary key
+    subscriptions: dict[tuple[str, date, date], list[str]] = defaultdict(list)
     for subscription_id, cost_type, first, last in windows:
+        subscriptions[(cost_type, first, last)].append(subscription_id)
+    for (cost_type, first, last), ids in subscriptions.items():
+        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         conn.execute(
             delete(costs).where(
+                costs.c.usage_date.in_(days),
                 costs.c.source == QUERY,
-                costs.c.subscription_id == subscription_id,
+                costs.c.subscription_id.in_(ids),
                 costs.c.cost_type == cost_type,
-                costs.c.usage_date.between(first, last),
             )
         )
     return upsert(conn, costs, rows, accumulate=("cost",))

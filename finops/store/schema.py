@@ -280,11 +280,10 @@ audit = Table(
 )
 
 Index("ix_audit_plan", audit.c.plan_id, audit.c.action_index)
-Index("ix_costs_daily_date", costs_daily.c.usage_date)
 Index(
-    "ix_costs_daily_scope",
+    "ix_costs_daily_day",
+    costs_daily.c.usage_date,
     costs_daily.c.source,
     costs_daily.c.subscription_id,
-    costs_daily.c.usage_date,
 )
 Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)
