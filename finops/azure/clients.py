@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -148,9 +149,23 @@ class AzureClients:
 
 def post_json(client: Any, url: str, params: dict[str, str], body: dict[str, Any]) -> Any:
     """POST through an SDK client's own pipeline (credential, retries, TLS trust) and return the
-    JSON answer as sent. For the two answers that carry the night's bulk, cost rows and metric
-    points, building the SDK's models cost more CPU than all the rest of the job (10k VMs)."""
-    response = client.send_request(HttpRequest("POST", url, params=params, json=body))
+    JSON answer as sent. For the answers that carry the night's bulk (cost rows, metric points,
+    VM and disk lists) building the SDK's models cost more CPU than all the rest of the job."""
+    return _json(client, HttpRequest("POST", url, params=params, json=body))
+
+
+def get_pages(client: Any, request: HttpRequest) -> Iterator[list[dict[str, Any]]]:
+    """Each page's `value` of a paged list, as sent, through an SDK client's own pipeline: the
+    first request as the SDK builds it, then `nextLink` verbatim."""
+    while request is not None:
+        answer = _json(client, request)
+        yield answer.get("value") or []
+        link = answer.get("nextLink")
+        request = HttpRequest("GET", link) if link else None
+
+
+def _json(client: Any, request: HttpRequest) -> Any:
+    response = client.send_request(request)
     if response.status_code != 200:
         errors = {401: ClientAuthenticationError, 404: ResourceNotFoundError}
         map_error(status_code=response.status_code, response=response, error_map=errors)

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from finops.azure.clients import AzureClients
+from azure.mgmt.compute.operations._operations import (
+    build_disks_list_request as list_disks_request,
+)
+from azure.mgmt.compute.operations._operations import (
+    build_virtual_machines_list_all_request as list_vms_request,
+)
+
+from finops.azure.clients import AzureClients, get_pages
 from finops.catalog import gpu_size
 from finops.collection import Row
 
@@ -44,17 +52,12 @@ def subscriptions(clients: AzureClients, configured: list[str]) -> list[Row]:
     return [{"subscription_id": s, "display_name": visible[s]} for s in wanted]
 
 
-def _power_state(statuses: Iterable[Any] | None) -> str:
+def _power_state(statuses: Iterable[dict[str, Any]] | None) -> str:
     for status in statuses or ():
-        code = (status.code or "").lower()
+        code = str(status.get("code") or "").lower()
         if code.startswith("powerstate/"):
             return code.split("/", 1)[1]
     return "unknown"
-
-
-def _text(value: Any) -> str | None:
-    """SDK enums (str subclasses) as their wire value."""
-    return None if value is None else str(getattr(value, "value", value))
 
 
 def _resource_group(resource_id: str) -> str:
@@ -63,33 +66,46 @@ def _resource_group(resource_id: str) -> str:
     return parts[lowered.index("resourcegroups") + 1] if "resourcegroups" in lowered else ""
 
 
+def _time(value: str | None) -> datetime | None:
+    """An ARM timestamp (UTC where it names no zone)."""
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def vms(clients: AzureClients, subscription_id: str) -> list[Row]:
-    api = clients.compute(subscription_id).virtual_machines
+    """The subscription's VMs: the full list joined on id with the status-only list, both as
+    the SDK requests them, read as JSON (10k VMs: 0.5 s of CPU, against 4.9 s through the
+    SDK's models)."""
+    client = clients.compute(subscription_id)
     states = {
-        vm.id.lower(): _power_state(vm.properties.instance_view.statuses)
-        for vm in api.list_all(status_only="true")
-        if vm.properties and vm.properties.instance_view
+        vm["id"].lower(): _power_state(
+            ((vm.get("properties") or {}).get("instanceView") or {}).get("statuses")
+        )
+        for page in get_pages(client, list_vms_request(subscription_id, status_only="true"))
+        for vm in page
     }
     rows = []
-    for vm in api.list_all():
-        props = vm.properties
-        hardware = props.hardware_profile if props else None
-        storage = props.storage_profile if props else None
-        os_disk = storage.os_disk if storage else None
-        rows.append(
-            {
-                "resource_id": vm.id.lower(),
-                "name": vm.name,
-                "subscription_id": subscription_id.lower(),
-                "resource_group": _resource_group(vm.id),
-                "location": (vm.location or "").lower(),
-                "size": (hardware.vm_size if hardware else None) or "unknown",
-                "power_state": states.get(vm.id.lower(), "unknown"),
-                "os_type": _text(os_disk.os_type if os_disk else None) or "unknown",
-                "priority": _text(props.priority if props else None) or "Regular",
-                "tags": dict(vm.tags or {}),
-            }
-        )
+    for page in get_pages(client, list_vms_request(subscription_id)):
+        for vm in page:
+            props = vm.get("properties") or {}
+            os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+            rid = vm["id"].lower()
+            rows.append(
+                {
+                    "resource_id": rid,
+                    "name": vm.get("name"),
+                    "subscription_id": subscription_id.lower(),
+                    "resource_group": _resource_group(vm["id"]),
+                    "location": (vm.get("location") or "").lower(),
+                    "size": (props.get("hardwareProfile") or {}).get("vmSize") or "unknown",
+                    "power_state": states.get(rid, "unknown"),
+                    "os_type": os_disk.get("osType") or "unknown",
+                    "priority": props.get("priority") or "Regular",
+                    "tags": dict(vm.get("tags") or {}),
+                }
+            )
     return rows
 
 
@@ -171,24 +187,27 @@ def resource_groups(clients: AzureClients, subscription_id: str) -> list[Row]:
 
 
 def disks(clients: AzureClients, subscription_id: str) -> list[Row]:
-    """The subscription's managed disks with their attachment state (one paged list)."""
+    """The subscription's managed disks with their attachment state (one paged list, as the SDK
+    requests it, read as JSON like the VMs: 10k disks 0.24 s of CPU against 3.0 s)."""
     rows = []
-    for disk in clients.compute(subscription_id).disks.list():
-        props = disk.properties
-        changed = props.last_ownership_update_time if props else None
+    pages = get_pages(clients.compute(subscription_id), list_disks_request(subscription_id))
+    for disk in (disk for page in pages for disk in page):
+        props = disk.get("properties") or {}
+        # Azure capitalises this one on the wire; the SDK reads that spelling
+        changed = props.get("LastOwnershipUpdateTime") or props.get("lastOwnershipUpdateTime")
         rows.append(
             {
-                "resource_id": disk.id.lower(),
-                "name": disk.name,
+                "resource_id": disk["id"].lower(),
+                "name": disk.get("name"),
                 "subscription_id": subscription_id.lower(),
-                "resource_group": _resource_group(disk.id),
-                "location": (disk.location or "").lower(),
-                "sku": _text(disk.sku.name if disk.sku else None) or "unknown",
-                "size_gb": int((props.disk_size_gb if props else None) or 0),
-                "state": _text(props.disk_state if props else None) or "unknown",
-                "managed_by": disk.managed_by.lower() if disk.managed_by else None,
-                "owner_changed": changed,
-                "tags": dict(disk.tags or {}),
+                "resource_group": _resource_group(disk["id"]),
+                "location": (disk.get("location") or "").lower(),
+                "sku": (disk.get("sku") or {}).get("name") or "unknown",
+                "size_gb": int(props.get("diskSizeGB") or 0),
+                "state": props.get("diskState") or "unknown",
+                "managed_by": disk["managedBy"].lower() if disk.get("managedBy") else None,
+                "owner_changed": _time(changed),
+                "tags": dict(disk.get("tags") or {}),
             }
         )
     return rows
