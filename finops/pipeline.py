@@ -137,9 +137,9 @@ def collect(
     metrics batch, one subscription's cost or one export location may fail without losing the
     rest: each failure is recorded in `night.failures`, and a subscription whose inventory
     failed is left out whole (its VMs without their schedules would all look unscheduled).
-    Metric points and cost rows go to spools on disk, not memory; a VM's metrics are asked for
-    from a few hours before the newest the store holds. Export files are found here and read
-    while the night is stored."""
+    VMs, disks, metric points and cost rows go to spools on disk, not memory; a VM's metrics
+    are asked for from a few hours before the newest the store holds. Export files are found
+    here and read while the night is stored."""
     workers = settings.azure.concurrency
     with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
         in_parallel = partial(concurrently, pool, 2 * workers)
