@@ -22,6 +22,27 @@ RID = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmac
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
+def _cost_row(
+    day: date,
+    subscription: str = "s",
+    cost_type: str = "ActualCost",
+    cost: str = "12.345678",
+) -> dict:
+    """One Query API cost row of the subscription's VM (resource group rg)."""
+    return {
+        "source": "query",
+        "file_id": 0,
+        "subscription_id": subscription,
+        "resource_group": "rg",
+        "resource_id": RID.replace("/subscriptions/s/", f"/subscriptions/{subscription}/"),
+        "usage_date": day,
+        "cost_type": cost_type,
+        "meter_category": "Virtual Machines",
+        "cost": Decimal(cost),
+        "currency": "USD",
+    }
+
+
 def _night(cost: str = "12.345678") -> Collection:
     vm = {
         "resource_id": RID,
@@ -52,21 +73,7 @@ def _night(cost: str = "12.345678") -> Collection:
             }
             for h in range(1, 25)
         ],
-        costs=[
-            {
-                "source": "query",
-                "file_id": 0,
-                "subscription_id": "s",
-                "resource_group": "rg",
-                "resource_id": RID,
-                "usage_date": date(2026, 11, d),
-                "cost_type": "ActualCost",
-                "meter_category": "Virtual Machines",
-                "cost": Decimal(cost),
-                "currency": "USD",
-            }
-            for d in range(1, 20)
-        ],
+        costs=[_cost_row(date(2026, 11, d), cost=cost) for d in range(1, 20)],
         cost_windows=[("s", "ActualCost", date(2026, 11, 1), date(2026, 11, 20))],
     )
 
@@ -225,23 +232,9 @@ def test_query_windows_replace_only_their_own_subscriptions_days(db_url):
     upgrade(engine)
     day = date(2026, 11, 20)
 
-    def row(sub: str, days_ago: int, cost_type: str = "ActualCost") -> dict:
-        return {
-            "source": "query",
-            "file_id": 0,
-            "resource_id": f"/subscriptions/{sub}/resourcegroups/rg/providers/x/y/{days_ago}",
-            "usage_date": day - timedelta(days=days_ago),
-            "cost_type": cost_type,
-            "meter_category": "Storage",
-            "subscription_id": sub,
-            "resource_group": "rg",
-            "cost": Decimal("1"),
-            "currency": "USD",
-        }
-
-    stored = [row(sub, d) for sub in ("a", "b", "c") for d in (1, 10)] + [
-        row("a", 1, "AmortizedCost")
-    ]
+    stored = [
+        _cost_row(day - timedelta(days=d), sub) for sub in ("a", "b", "c") for d in (1, 10)
+    ] + [_cost_row(day - timedelta(days=1), "a", "AmortizedCost")]
     windows = [
         ("a", "ActualCost", day - timedelta(days=3), day),
         ("b", "ActualCost", day - timedelta(days=3), day),
