@@ -251,3 +251,35 @@ def test_query_windows_replace_only_their_own_subscriptions_days(db_url):
         ("a", day - timedelta(days=1), "AmortizedCost"),
         ("b", day - timedelta(days=10), "ActualCost"),
     ]
+
+
+def test_bulk_upsert_stores_values_as_sqlalchemy_does(db_url):
+    """The bulk load writes its own parameters (ISO strings in C on SQLite, a row missing a
+    column as NULL): what it stores must read back exactly as rows inserted by SQLAlchemy."""
+    from finops.store.load import upsert
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    m = schema.metrics_hourly
+    moments = [
+        datetime(2026, 11, 20, 4, 5, 6, 7),
+        datetime(2026, 11, 20, 5),
+        datetime(987, 6, 5, 4, 3, 2),
+    ]
+    rows = [
+        {"resource_id": "vm", "metric": "cpu", "ts": ts, "average": 1.5, "maximum": 2}
+        for ts in moments
+    ]
+    by_sqlalchemy = [{**r, "resource_id": "twin", "total": None} for r in rows]
+    with engine.begin() as conn:
+        upsert(conn, m, rows)
+        conn.execute(m.insert(), by_sqlalchemy)
+        raw = conn.exec_driver_sql(
+            "SELECT resource_id, ts, average, maximum, total FROM metrics_hourly"
+        ).all()
+        stored = conn.execute(select(m).order_by(m.c.ts)).all()
+    engine.dispose()
+    assert sorted(r[1:] for r in raw if r[0] == "vm") == sorted(
+        r[1:] for r in raw if r[0] == "twin"
+    )
+    assert [r.ts for r in stored if r.resource_id == "vm"] == sorted(moments)
