@@ -6,6 +6,7 @@ it was, apart from the run row, which is marked failed with its error.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import defaultdict, deque
@@ -466,6 +467,24 @@ def mail_report(report: Report, settings: Settings) -> None:
         info["recipients"] = len(settings.mail.recipients)
 
 
+@contextmanager
+def few_collections() -> Iterator[None]:
+    """A night makes and drops millions of rows, dicts and tuples without cycles, which
+    reference counting frees. CPython's cycle collector still scanned them every 700 new
+    objects and, once they piled up, everything alive: 7.7 s of a 10k-VM night's 72 s of CPU.
+    For the night, what is alive at its start (modules, settings) is left out of collections
+    and a collection waits for 50,000 new objects (0.8 s); both are undone after it."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def nightly(
     settings: Settings, source: str = "azure", with_rules: bool = True, simulation=None
 ) -> NightResult:
@@ -476,9 +495,10 @@ def nightly(
 
     engine = engine_for(settings.db_url)
     try:
-        result = run_night(
-            engine, clients_for(settings.azure), settings, source, with_rules, simulation
-        )
+        with few_collections():
+            result = run_night(
+                engine, clients_for(settings.azure), settings, source, with_rules, simulation
+            )
     finally:
         engine.dispose()
     if result.report and settings.report_container_url:

@@ -210,3 +210,19 @@ def test_readme_configuration_is_generated_from_the_settings(section):
     readme = (REPO / "README.md").read_text()
     assert reference_markdown() in readme, "run `finops settings` and paste it into README.md"
     assert section in readme
+
+
+def test_a_night_changes_the_cycle_collector_only_while_it_runs():
+    """The scheduler runs night after night in one process: what a night changes in the cycle
+    collector is undone after it, also when the night fails."""
+    import gc
+
+    from finops.pipeline import few_collections
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), few_collections():
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0
+        raise RuntimeError("the night failed")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
