@@ -154,12 +154,12 @@ def post_json(client: Any, url: str, params: dict[str, str], body: dict[str, Any
     return _json(client, HttpRequest("POST", url, params=params, json=body))
 
 
-def get_pages(client: Any, request: HttpRequest) -> Iterator[list[dict[str, Any]]]:
-    """Each page's `value` of a paged list, as sent, through an SDK client's own pipeline: the
-    first request as the SDK builds it, then `nextLink` verbatim."""
+def list_items(client: Any, request: HttpRequest) -> Iterator[dict[str, Any]]:
+    """The items of a paged list, as sent, through an SDK client's own pipeline: the first
+    page's request as the SDK builds it, then each `nextLink` verbatim."""
     while request is not None:
         answer = _json(client, request)
-        yield answer.get("value") or []
+        yield from answer.get("value") or []
         link = answer.get("nextLink")
         request = HttpRequest("GET", link) if link else None
 

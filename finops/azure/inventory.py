@@ -20,7 +20,7 @@ from azure.mgmt.compute.operations._operations import (
     build_virtual_machines_list_all_request as list_vms_request,
 )
 
-from finops.azure.clients import AzureClients, get_pages
+from finops.azure.clients import AzureClients, list_items
 from finops.catalog import gpu_size
 from finops.collection import Row
 
@@ -83,29 +83,27 @@ def vms(clients: AzureClients, subscription_id: str) -> list[Row]:
         vm["id"].lower(): _power_state(
             ((vm.get("properties") or {}).get("instanceView") or {}).get("statuses")
         )
-        for page in get_pages(client, list_vms_request(subscription_id, status_only="true"))
-        for vm in page
+        for vm in list_items(client, list_vms_request(subscription_id, status_only="true"))
     }
     rows = []
-    for page in get_pages(client, list_vms_request(subscription_id)):
-        for vm in page:
-            props = vm.get("properties") or {}
-            os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
-            rid = vm["id"].lower()
-            rows.append(
-                {
-                    "resource_id": rid,
-                    "name": vm.get("name"),
-                    "subscription_id": subscription_id.lower(),
-                    "resource_group": _resource_group(vm["id"]),
-                    "location": (vm.get("location") or "").lower(),
-                    "size": (props.get("hardwareProfile") or {}).get("vmSize") or "unknown",
-                    "power_state": states.get(rid, "unknown"),
-                    "os_type": os_disk.get("osType") or "unknown",
-                    "priority": props.get("priority") or "Regular",
-                    "tags": dict(vm.get("tags") or {}),
-                }
-            )
+    for vm in list_items(client, list_vms_request(subscription_id)):
+        props = vm.get("properties") or {}
+        os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+        rid = vm["id"].lower()
+        rows.append(
+            {
+                "resource_id": rid,
+                "name": vm.get("name"),
+                "subscription_id": subscription_id.lower(),
+                "resource_group": _resource_group(vm["id"]),
+                "location": (vm.get("location") or "").lower(),
+                "size": (props.get("hardwareProfile") or {}).get("vmSize") or "unknown",
+                "power_state": states.get(rid, "unknown"),
+                "os_type": os_disk.get("osType") or "unknown",
+                "priority": props.get("priority") or "Regular",
+                "tags": dict(vm.get("tags") or {}),
+            }
+        )
     return rows
 
 
@@ -190,8 +188,7 @@ def disks(clients: AzureClients, subscription_id: str) -> list[Row]:
     """The subscription's managed disks with their attachment state (one paged list, as the SDK
     requests it, read as JSON like the VMs: 10k disks 0.24 s of CPU against 3.0 s)."""
     rows = []
-    pages = get_pages(clients.compute(subscription_id), list_disks_request(subscription_id))
-    for disk in (disk for page in pages for disk in page):
+    for disk in list_items(clients.compute(subscription_id), list_disks_request(subscription_id)):
         props = disk.get("properties") or {}
         # Azure capitalises this one on the wire; the SDK reads that spelling
         changed = props.get("LastOwnershipUpdateTime") or props.get("lastOwnershipUpdateTime")
