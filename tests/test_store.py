@@ -283,3 +283,35 @@ def test_bulk_upsert_stores_values_as_sqlalchemy_does(db_url):
         r[1:] for r in raw if r[0] == "twin"
     )
     assert [r.ts for r in stored if r.resource_id == "vm"] == sorted(moments)
+
+
+def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, monkeypatch):
+    """Rows of one key in one load (ids on different pages) add up their cost onto what is
+    stored, and the later row's other values win, whichever chunk each lands in."""
+    from finops.store import load
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    day = date(2026, 11, 20)
+    monkeypatch.setattr(load, "CHUNK", 3)
+    rows = [
+        _cost_row(day, cost="1.5"),
+        {**_cost_row(day, cost="2.25"), "resource_group": "second"},
+        _cost_row(day - timedelta(days=1), cost="4"),
+        {**_cost_row(day, cost="0.125"), "resource_group": "third"},  # the next chunk
+        _cost_row(day - timedelta(days=2), cost="8"),
+        {**_cost_row(day, cost="0.0625"), "resource_group": "last"},
+    ]
+    with engine.begin() as conn:
+        conn.execute(schema.costs_daily.insert(), [_cost_row(day, cost="100")])
+        assert load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",)) == 6
+        c = schema.costs_daily
+        stored = conn.execute(
+            select(c.c.usage_date, c.c.cost, c.c.resource_group).order_by(c.c.usage_date)
+        ).all()
+    engine.dispose()
+    assert [(d, Decimal(str(cost)), rg) for d, cost, rg in stored] == [
+        (day - timedelta(days=2), Decimal(8), "rg"),
+        (day - timedelta(days=1), Decimal(4), "rg"),
+        (day, Decimal("103.9375"), "last"),
+    ]

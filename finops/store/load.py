@@ -44,11 +44,11 @@ def upsert(
     conn: Connection, table: Table, rows: Iterable[Row], accumulate: Sequence[str] = ()
 ) -> int:
     """Insert, or update the non-key columns where the primary key already exists (adding to
-    the stored value for the columns in `accumulate`, and adding up rows of one key). Chunks go
-    in key order (SQLite's index pages stay in cache) as one DBAPI executemany (SQLite) or COPY
-    (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's own
-    work. Values pass through the columns' own bind processors, so they are stored exactly as
-    SQLAlchemy stores them."""
+    the stored value for the columns in `accumulate`; rows of one key in one call add up there
+    and the later row wins elsewhere). Chunks go in key order (SQLite's index pages stay in
+    cache) as one DBAPI executemany (SQLite) or COPY (PostgreSQL): SQLAlchemy's per-row
+    parameter handling cost as much as the database's own work. Values pass through the
+    columns' own bind processors, so they are stored exactly as SQLAlchemy stores them."""
     prepare = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
     if prepare is None:
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
@@ -133,19 +133,19 @@ def _faster(kind: type, process: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _copy_upsert(
     conn: Connection, table: Table, keys: list[str], accumulate: Sequence[str]
 ) -> Callable[[list[Row]], None]:
-    """COPY into a temporary table, then one INSERT .. SELECT .. ON CONFLICT from it."""
+    """COPY into a temporary table, then one INSERT .. SELECT .. ON CONFLICT from it. Rows of
+    one key are merged here first: ON CONFLICT can't update a row twice, and merging them in
+    the INSERT (GROUP BY with array_agg) cost PostgreSQL 60 % more time than the insert."""
     names = [c.name for c in table.columns]
     stage = f"stage_{table.name}"
-    values = _converter(conn, table, names)
-    others = [n for n in names if n not in keys]
-    picked = [f"sum({n})" if n in accumulate else f"(array_agg({n}))[1]" for n in others]
+    values, key = _converter(conn, table, names), itemgetter(*keys)
     updates = [
         f"{n} = {table.name}.{n} + excluded.{n}" if n in accumulate else f"{n} = excluded.{n}"
-        for n in others
+        for n in names
+        if n not in keys
     ]
     merge = (
-        f"INSERT INTO {table.name} ({', '.join(names)}) "
-        f"SELECT {', '.join(keys + picked)} FROM {stage} GROUP BY {', '.join(keys)} "
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
     )
 
@@ -159,11 +159,31 @@ def _copy_upsert(
         conn.exec_driver_sql(f"TRUNCATE {stage}")
         cursor = conn.connection.driver_connection.cursor()
         with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
-            for row in chunk:
+            for row in _one_per_key(chunk, key, accumulate):
                 copy.write_row(values(row))
         conn.exec_driver_sql(merge)
 
     return write
+
+
+def _one_per_key(
+    rows: list[Row], key: Callable[[Row], tuple], accumulate: Sequence[str]
+) -> Iterable[Row]:
+    """Rows sorted by key, those of one key merged as SQLite's upsert merges them."""
+    last, last_key = None, None
+    for row in rows:
+        row_key = key(row)
+        if row_key == last_key:
+            row = {**last, **row, **{n: _add(last[n], row[n]) for n in accumulate}}
+        elif last is not None:
+            yield last
+        last, last_key = row, row_key
+    if last is not None:
+        yield last
+
+
+def _add(stored: Any, new: Any) -> Any:
+    return None if stored is None or new is None else stored + new  # as SQL adds NULL
 
 
 def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, int]:
