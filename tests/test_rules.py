@@ -175,8 +175,8 @@ class Night:
             self.cost(name, d, daily_cost, resource=disk_id)
         return self
 
-    def evaluate(self, db_url: str, **settings) -> dict[tuple[str, str], rules.Finding]:
-        engine = engine_for(db_url)
+    def store(self, engine) -> int:
+        """Load the night as a run; its id."""
         upgrade(engine)
         run_id = start_run(engine, "test", NOW)
         with engine.begin() as conn:
@@ -190,6 +190,12 @@ class Night:
                     cost_end=self.c.cost_end,
                 )
             )
+        return run_id
+
+    def evaluate(self, db_url: str, **settings) -> dict[tuple[str, str], rules.Finding]:
+        engine = engine_for(db_url)
+        run_id = self.store(engine)
+        with engine.connect() as conn:
             found = rules.evaluate(conn, run_context(conn, run_id), load_settings(**settings))
         engine.dispose()
         return {(f.rule_id, f.resource_id.rsplit("/", 1)[1]): f for f in found}
@@ -609,3 +615,27 @@ def test_gpu_disks_orphaned_unattached_or_kept_by_a_long_deallocated_gpu_vm(db_u
         "parked-os",
         "recent-os",
     }
+
+
+def test_report_counts_gpu_hours_busy_or_idle_by_gpu_else_cpu(db_url):
+    """An hour is idle by its GPU average where the VM has GPU telemetry, else by its CPU
+    average; GPU memory doesn't count. Each hour weighs the VM's GPUs."""
+    from finops.report.build import build
+
+    night = Night()
+    night.vm("gpu-idle", gpu=(1.0, 2.0), cpu=(90.0, 95.0), gpu_memory=(100.0, 200.0))
+    night.vm("gpu-busy", gpu=(80.0, 90.0), cpu=(1.0, 2.0), hours=24)
+    night.vm("cpu-idle", cpu=(1.0, 2.0))
+    night.vm("cpu-busy", cpu=(50.0, 60.0), hours=48)
+    night.vm("no-gpus", size="Standard_D4s_v5", cpu=(1.0, 2.0))
+    engine = engine_for(db_url)
+    run_id = night.store(engine)
+    with engine.connect() as conn:
+        hours = build(conn, run_id, load_settings()).gpu_hours
+    engine.dispose()
+    assert sum(hours["busy"]) == 24 + 48
+    assert sum(hours["idle"]) == 168 * 2
+    assert hours["idle_share"] == round(336 / (336 + 72) * 100)
+    today = hours["days"].index(NOW.date())  # its 12 hours up to noon
+    assert hours["busy"][today] == 12 + 12
+    assert hours["idle"][today] == 12 + 12

@@ -506,22 +506,26 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
     busy = dict.fromkeys(days, 0.0)
     idle = dict.fromkeys(days, 0.0)
     ordered = sorted(gpu_ids)
+    by_metric = {
+        metric: func.max(case((table.c.metric == metric, table.c.average))) for metric in thresholds
+    }
     for start in range(0, len(ordered), 100):  # a batch's hours at a time: memory stays flat
-        hours: dict[tuple[str, datetime], dict[str, float]] = defaultdict(dict)
-        for rid, metric, ts, average in conn.execute(
-            select(table.c.resource_id, table.c.metric, table.c.ts, table.c.average).where(
+        hours = (
+            select(table.c.resource_id, table.c.ts, by_metric["gpu"], by_metric["cpu"])
+            .where(
                 table.c.resource_id.in_(ordered[start : start + 100]),
+                table.c.metric.in_(list(thresholds)),
                 table.c.ts >= run["metrics_start"],
                 table.c.ts < run["metrics_end"],
             )
-        ):
-            if average is not None:
-                hours[(rid, ts)][metric] = average
-        for (rid, ts), values in hours.items():
-            metric = "gpu" if "gpu" in values else "cpu"
-            gpus = float(sizes[vms[rid]["size"]].gpus)
-            target = idle if values[metric] < thresholds[metric] else busy
-            target[ts.date()] += gpus
+            .group_by(table.c.resource_id, table.c.ts)
+        )
+        for rid, ts, gpu, cpu in conn.execute(hours):
+            if gpu is None and cpu is None:
+                continue
+            metric, average = ("gpu", gpu) if gpu is not None else ("cpu", cpu)
+            target = idle if average < thresholds[metric] else busy
+            target[ts.date()] += float(sizes[vms[rid]["size"]].gpus)
     total_idle, total = sum(idle.values()), sum(idle.values()) + sum(busy.values())
     return {
         "days": days,
