@@ -315,3 +315,20 @@ def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, mo
         (day - timedelta(days=1), Decimal(4), "rg"),
         (day, Decimal("103.9375"), "last"),
     ]
+
+
+def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch):
+    """PostgreSQL's rows are read and converted in a thread, a chunk ahead: an error there
+    reaches the caller (and the night's transaction), as it does on SQLite."""
+    from finops.store import load
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    monkeypatch.setattr(load, "CHUNK", 2)
+    day = date(2026, 11, 20)
+    rows = [_cost_row(day - timedelta(days=d)) for d in range(5)]
+    del rows[3]["usage_date"]  # in the second chunk
+    with pytest.raises(KeyError, match="usage_date"), engine.begin() as conn:
+        load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",))
+    assert _count(engine, schema.costs_daily) == 0
+    engine.dispose()
