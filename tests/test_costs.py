@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -402,3 +402,89 @@ def test_report_spend_splits_each_subscription_day_into_gpu_and_the_rest(world):
         sum(row["daily_gpu"][i] for row in spend["subscriptions"]) for i in range(len(days))
     ]
     assert spend["cost_type"] == "amortized"
+
+
+def test_report_spend_counts_an_export_where_it_covers_a_subscription_day(world):
+    """Where a FOCUS export covers a subscription's day (in any currency), its rows are that
+    day's spend and the Query API's are not; elsewhere the Query API's rows count. The cost
+    sources' comparison sees the covered days."""
+    from finops.report.build import build
+
+    result = world.night()
+    c, vms, sizes = schema.costs_daily, schema.vms, schema.vm_sizes
+    with world.engine.begin() as conn:
+        gpu_vm, sub, group = conn.execute(
+            select(vms.c.resource_id, vms.c.subscription_id, vms.c.resource_group)
+            .join(sizes, (sizes.c.run_id == vms.c.run_id) & (sizes.c.size == vms.c.size))
+            .where(vms.c.run_id == result.run_id, sizes.c.gpus > 0)
+            .order_by(vms.c.resource_id)
+            .limit(1)
+        ).one()
+        other = f"/subscriptions/{sub}/resourcegroups/{group}/providers/microsoft.storage/x"
+        before = build(conn, result.run_id, world.settings).spend
+        days = before["trend"]["days"]
+        covered, in_euros = days[-3], days[-2]
+        file_id = conn.execute(
+            schema.cost_files.insert().values(
+                location="export.csv",
+                folder="exports",
+                fingerprint="1",
+                modified=datetime(2026, 1, 1),
+                rows=3,
+                coverage={},
+                loaded_at=datetime(2026, 1, 1),
+            )
+        ).inserted_primary_key[0]
+        rows = [
+            (gpu_vm, covered, "100", "USD"),
+            (other, covered, "50", "USD"),
+            (other, in_euros, "70", "EUR"),
+        ]
+        for resource_id, day, cost, currency in rows:
+            for cost_type in ("ActualCost", "AmortizedCost"):
+                conn.execute(
+                    c.insert().values(
+                        source="focus",
+                        file_id=file_id,
+                        resource_id=resource_id,
+                        usage_date=day,
+                        cost_type=cost_type,
+                        meter_category="Virtual Machines",
+                        subscription_id=sub,
+                        resource_group=group,
+                        cost=Decimal(cost),
+                        currency=currency,
+                    )
+                )
+        after = build(conn, result.run_id, world.settings).spend
+
+    name = next(s.display_name for s in world.estate.subscriptions if s.subscription_id == sub)
+    was = next(r for r in before["subscriptions"] if r["subscription"] == name)
+    now = next(r for r in after["subscriptions"] if r["subscription"] == name)
+    i, j = days.index(covered), days.index(in_euros)
+    assert (now["daily_gpu"][i], now["daily_rest"][i]) == (100, 50)
+    assert (now["daily_gpu"][j], now["daily_rest"][j]) == (0, 0)  # its spend is in EUR
+    assert was["daily_rest"][i] > 0 and was["daily_rest"][j] > 0  # storage, every day
+    for k in set(range(len(days))) - {i, j}:
+        assert (now["daily_gpu"][k], now["daily_rest"][k]) == (
+            was["daily_gpu"][k],
+            was["daily_rest"][k],
+        )
+    in_month = [k for k in (i, j) if days[k] >= days[-1].replace(day=1)]
+    dropped = sum(was["daily_gpu"][k] + was["daily_rest"][k] for k in in_month)
+    added = 150 if i in in_month else 0  # the euros are not spend in dollars
+    assert after["trend"]["gpu"][i] == before["trend"]["gpu"][i] - was["daily_gpu"][i] + 100
+    assert after["mtd_amount"] == before["mtd_amount"] - dropped + added
+    for r in after["subscriptions"]:
+        if r["subscription"] != name:
+            assert r == next(
+                b for b in before["subscriptions"] if b["subscription"] == r["subscription"]
+            )
+    sources = after["sources"]
+    assert (sources["focus_days"], sources["compared"], sources["differ"], sources["files"]) == (
+        2,
+        2,
+        2,
+        1,
+    )
+    assert sources["query_days"] == before["sources"]["query_days"]

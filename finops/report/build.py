@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, case, func, or_, select
+from sqlalchemy import Connection, Row, case, func, or_, select
 
 from finops.catalog import size_family
 from finops.config import Settings
@@ -182,7 +183,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     line = headline(active, titles, settings.currency)
     if alerts:
         line += f" {len(alerts)} alert(s) to investigate: {alerts[0]['title']}."
-    spend = _spend(conn, run, subs, currency)
+    spend = _spend(conn, run, subs, gpu_ids, currency)
     if spend["has_data"]:
         line += f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
     if changes["resolved"]:
@@ -346,15 +347,13 @@ def _cost_window(run: dict[str, Any]) -> tuple[date, date]:
 
 def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
     """Each VM's spend over the trend window, per currency."""
-    cost = counted()
     first, end = _cost_window(run)
-    kind = spend_type(conn, first, end)
+    cost, kind = counted(), spend_type(conn, first, end)
     spend: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
+    for chunk in _in_500s(ids):
         for rid, amount, currency in conn.execute(
             select(cost.c.resource_id, cost.c.cost, cost.c.currency).where(
-                cost.c.resource_id.in_(ordered[start : start + 500]),
+                cost.c.resource_id.in_(chunk),
                 cost.c.cost_type == kind,
                 cost.c.usage_date >= first,
                 cost.c.usage_date < end,
@@ -364,13 +363,12 @@ def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
     return spend
 
 
-def _gpu_vm_ids(run_id: int):
-    vms, sizes = schema.vms, schema.vm_sizes
-    return (
-        select(vms.c.resource_id)
-        .join(sizes, (sizes.c.run_id == vms.c.run_id) & (sizes.c.size == vms.c.size))
-        .where(vms.c.run_id == run_id, sizes.c.gpus > 0)
-    )
+def _in_500s(ids: set[str]) -> Iterator[list[str]]:
+    """Resource ids in sorted lists of 500: a filter on a list reaches each arm of `counted()`
+    and seeks its primary key."""
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        yield ordered[start : start + 500]
 
 
 def _month_end(day: date) -> date:
@@ -378,31 +376,25 @@ def _month_end(day: date) -> date:
     return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
 
 
-def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
+def _spend(conn, run, subs: dict[str, str], gpu_ids: set[str], currency: str) -> dict[str, Any]:
     """Daily spend over the trend window, GPU VMs against the rest, per subscription; month to
     date and the month's forecast (month to date plus the last 7 complete days' mean for each
     day left). Amortized cost where the store has it."""
-    cost = counted()
     first, end = _cost_window(run)
     month_start = (end - timedelta(days=1)).replace(day=1)
     since = min(first, month_start)
     kind = spend_type(conn, since, end)
-    is_gpu = case((cost.c.resource_id.in_(_gpu_vm_ids(run["id"])), True), else_=False)
-    query = (
-        select(cost.c.subscription_id, cost.c.usage_date, is_gpu, func.sum(cost.c.cost))
-        .where(
-            cost.c.cost_type == kind,
-            cost.c.currency == currency,
-            cost.c.usage_date >= since,
-            cost.c.usage_date < end,
-        )
-        .group_by(cost.c.subscription_id, cost.c.usage_date, is_gpu)
-    )
+    totals = _day_totals(conn, since, end, kind, currency)
+    # an export covering a subscription's day is its bill: the Query API's rows don't count
+    covered = {(sub, day) for source, sub, day, _, _ in totals if source == FOCUS}
+    gpu_spend = _gpu_spend(conn, gpu_ids, first, end, kind, currency)
     days = [first + timedelta(days=i) for i in range((end - first).days)]
     gpu = dict.fromkeys(days, Decimal(0))
     rest = dict.fromkeys(days, Decimal(0))
     per_sub: dict[str, dict[str, Any]] = {}
-    for sub, day, gpu_flag, amount in conn.execute(query):
+    for source, sub, day, amount, _ in totals:
+        if amount is None or (source == QUERY and (sub, day) in covered):
+            continue
         amount = Decimal(str(amount))
         entry = per_sub.setdefault(
             sub,
@@ -414,8 +406,11 @@ def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
         )
         entry["daily"][day] += amount
         if day >= first:
-            (gpu if gpu_flag else rest)[day] += amount
-            entry["gpu" if gpu_flag else "rest"][day] += amount
+            on_gpus = gpu_spend.get((sub, day), Decimal(0))
+            gpu[day] += on_gpus
+            rest[day] += amount - on_gpus
+            entry["gpu"][day] += on_gpus
+            entry["rest"][day] += amount - on_gpus
     last_day = end - timedelta(days=1)
     days_left = (_month_end(last_day) - last_day).days
     run_rate_days = [last_day - timedelta(days=i) for i in range(7)]
@@ -458,30 +453,68 @@ def _spend(conn, run, subs: dict[str, str], currency: str) -> dict[str, Any]:
             "has_data": bool(total_gpu or total_rest),
         },
         "has_data": bool(rows),
-        "sources": _sources(conn, first, end),
+        "sources": _sources(conn, [t for t in totals if t[2] >= first]),
     }
 
 
-def _sources(conn, first: date, end: date) -> dict[str, Any]:
-    """What each cost source holds for the window, and whether they agree where both cover a
-    subscription's day (billed cost, complete days)."""
+def _day_totals(conn, since: date, end: date, kind: str, currency: str) -> list[Row]:
+    """(source, subscription, day, spend, billed) over [since, end): the spend is cost type
+    `kind` in `currency`, billed is ActualCost in any currency. Read from the day index alone
+    (it holds the primary key's columns too), so the query reads the window, not the history:
+    at 10k VMs 0.4 s, where through `counted()` SQLite read every stored row (2.9 s)."""
     c = schema.costs_daily
-    totals: dict[tuple[str, date], dict[str, Decimal]] = defaultdict(dict)
-    for source, sub, day, amount in conn.execute(
-        select(c.c.source, c.c.subscription_id, c.c.usage_date, func.sum(c.c.cost))
-        .where(c.c.cost_type == ACTUAL, c.c.usage_date >= first, c.c.usage_date < end)
+    spend = case(((c.c.cost_type == kind) & (c.c.currency == currency), c.c.cost))
+    return conn.execute(
+        select(
+            c.c.source,
+            c.c.subscription_id,
+            c.c.usage_date,
+            func.sum(spend),
+            func.sum(case((c.c.cost_type == ACTUAL, c.c.cost))),
+        )
+        .where(c.c.usage_date >= since, c.c.usage_date < end)
         .group_by(c.c.source, c.c.subscription_id, c.c.usage_date)
-    ):
-        totals[(sub, day)][source] = Decimal(str(amount))
-    both = [(key, v[QUERY], v[FOCUS]) for key, v in totals.items() if len(v) == 2]
+    ).all()
+
+
+def _gpu_spend(
+    conn, gpu_ids: set[str], first: date, end: date, kind: str, currency: str
+) -> dict[tuple[str, date], Decimal]:
+    """The GPU VMs' spend per subscription and day over [first, end)."""
+    cost = counted()
+    spend: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
+    for chunk in _in_500s(gpu_ids):
+        for sub, day, amount in conn.execute(
+            select(cost.c.subscription_id, cost.c.usage_date, func.sum(cost.c.cost))
+            .where(
+                cost.c.resource_id.in_(chunk),
+                cost.c.cost_type == kind,
+                cost.c.currency == currency,
+                cost.c.usage_date >= first,
+                cost.c.usage_date < end,
+            )
+            .group_by(cost.c.subscription_id, cost.c.usage_date)
+        ):
+            spend[(sub, day)] += Decimal(str(amount))
+    return spend
+
+
+def _sources(conn, totals: list[Row]) -> dict[str, Any]:
+    """What each cost source holds for the window (`_day_totals`), and whether they agree where
+    both cover a subscription's day (billed cost, complete days)."""
+    billed: dict[tuple[str, date], dict[str, Decimal]] = defaultdict(dict)
+    for source, sub, day, _, amount in totals:
+        if amount is not None:
+            billed[(sub, day)][source] = Decimal(str(amount))
+    both = [(key, v[QUERY], v[FOCUS]) for key, v in billed.items() if len(v) == 2]
     differ = sorted(
         ((abs(q - f), key) for key, q, f in both if abs(q - f) > max(CENTS, abs(f) / 1000)),
         reverse=True,
     )
     files = conn.execute(select(func.count()).select_from(schema.cost_files)).scalar_one()
     return {
-        "query_days": sum(1 for v in totals.values() if QUERY in v),
-        "focus_days": sum(1 for v in totals.values() if FOCUS in v),
+        "query_days": sum(1 for v in billed.values() if QUERY in v),
+        "focus_days": sum(1 for v in billed.values() if FOCUS in v),
         "files": files,
         "compared": len(both),
         "differ": len(differ),

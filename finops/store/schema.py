@@ -285,6 +285,8 @@ Index(
     costs_daily.c.usage_date,
     costs_daily.c.source,
     costs_daily.c.subscription_id,
-    costs_daily.c.cost,  # the report's sums per source, subscription and day read only this
+    # the report's sums per source, subscription and day read only this index
+    costs_daily.c.cost,
+    costs_daily.c.currency,
 )
 Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)
