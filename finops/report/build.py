@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +15,7 @@ from finops.config import Settings
 from finops.rules import registry
 from finops.rules.common import CENTS, money
 from finops.store import schema
-from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, counted, spend_type
+from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, by_500, counted, spend_type
 
 TREND_DAYS = 30
 YEARLY = "yearly-reservation"
@@ -350,7 +349,7 @@ def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
     first, end = _cost_window(run)
     cost, kind = counted(), spend_type(conn, first, end)
     spend: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for chunk in _in_500s(ids):
+    for chunk in by_500(ids):
         for rid, amount, currency in conn.execute(
             select(cost.c.resource_id, cost.c.cost, cost.c.currency).where(
                 cost.c.resource_id.in_(chunk),
@@ -361,14 +360,6 @@ def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
         ):
             spend[rid][currency] += Decimal(str(amount))
     return spend
-
-
-def _in_500s(ids: set[str]) -> Iterator[list[str]]:
-    """Resource ids in sorted lists of 500: a filter on a list reaches each arm of `counted()`
-    and seeks its primary key."""
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
-        yield ordered[start : start + 500]
 
 
 def _month_end(day: date) -> date:
@@ -483,7 +474,7 @@ def _gpu_spend(
     """The GPU VMs' spend per subscription and day over [first, end)."""
     cost = counted()
     spend: dict[tuple[str, date], Decimal] = defaultdict(Decimal)
-    for chunk in _in_500s(gpu_ids):
+    for chunk in by_500(gpu_ids):
         for sub, day, amount in conn.execute(
             select(cost.c.subscription_id, cost.c.usage_date, func.sum(cost.c.cost))
             .where(

@@ -15,7 +15,7 @@ from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
 from finops.config import RuleSettings
 from finops.rules import RunContext
 from finops.store import schema
-from finops.store.costs import ACTUAL, AMORTIZED, counted
+from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
 
 BILLED_DAYS = 7
 COMPUTE_METER = "Virtual Machines"
@@ -78,7 +78,7 @@ def daily_costs(
     costs = counted()
     first = run.cost_end - timedelta(days=days)
     daily = DailyCosts()
-    for start in range(0, len(ids), 500):
+    for batch in by_500(ids):
         rows = conn.execute(
             select(
                 costs.c.resource_id,
@@ -87,7 +87,7 @@ def daily_costs(
                 costs.c.cost,
                 costs.c.currency,
             ).where(
-                costs.c.resource_id.in_(ids[start : start + 500]),
+                costs.c.resource_id.in_(batch),
                 costs.c.cost_type.in_((ACTUAL, AMORTIZED)),
                 costs.c.meter_category == meter,
                 costs.c.usage_date >= first,

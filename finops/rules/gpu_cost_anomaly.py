@@ -16,7 +16,7 @@ from finops.config import Settings
 from finops.rules import Finding, RunContext
 from finops.rules.common import money
 from finops.store import schema
-from finops.store.costs import counted, spend_type
+from finops.store.costs import by_500, counted, spend_type
 
 ID = "gpu-cost-anomaly"
 TITLE = "GPU spend jumped"
@@ -49,35 +49,30 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
     first = day - timedelta(days=rules.anomaly_baseline_days)
     cost_type = spend_type(conn, first, run.cost_end)
     costs = counted()
-    query = (
-        select(
-            costs.c.resource_id,
-            costs.c.subscription_id,
-            costs.c.resource_group,
-            costs.c.currency,
-            costs.c.usage_date,
-            func.sum(costs.c.cost),
-        )
-        .where(
-            costs.c.cost_type == cost_type,
-            costs.c.usage_date.between(first, day),
-            costs.c.resource_id.in_(_gpu_vm_ids(run, first)),
-        )
-        .group_by(
-            costs.c.resource_id,
-            costs.c.subscription_id,
-            costs.c.resource_group,
-            costs.c.currency,
-            costs.c.usage_date,
-        )
+    columns = (
+        costs.c.resource_id,
+        costs.c.subscription_id,
+        costs.c.resource_group,
+        costs.c.currency,
+        costs.c.usage_date,
     )
     # scope -> resource -> day -> amount, scopes being (currency, subscription, group or "")
     spend: dict[tuple, dict[str, dict[date, Decimal]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(Decimal))
     )
-    for rid, sub, group, currency, usage_date, amount in conn.execute(query):
-        for scope in ((currency, sub, group), (currency, sub, "")):
-            spend[scope][rid][usage_date] += Decimal(str(amount))
+    for batch in by_500(conn.execute(_gpu_vm_ids(run, first)).scalars()):
+        query = (
+            select(*columns, func.sum(costs.c.cost))
+            .where(
+                costs.c.cost_type == cost_type,
+                costs.c.usage_date.between(first, day),
+                costs.c.resource_id.in_(batch),
+            )
+            .group_by(*columns)
+        )
+        for rid, sub, group, currency, usage_date, amount in conn.execute(query):
+            for scope in ((currency, sub, group), (currency, sub, "")):
+                spend[scope][rid][usage_date] += Decimal(str(amount))
     baseline_days = [first + timedelta(days=i) for i in range(rules.anomaly_baseline_days)]
     fired_subscriptions = set()
     for scope in sorted(spend, key=lambda s: s[2] == ""):  # groups before subscriptions
