@@ -639,3 +639,33 @@ def test_report_counts_gpu_hours_busy_or_idle_by_gpu_else_cpu(db_url):
     today = hours["days"].index(NOW.date())  # its 12 hours up to noon
     assert hours["busy"][today] == 12 + 12
     assert hours["idle"][today] == 12 + 12
+
+
+def test_utilisation_is_read_once_a_night_per_resource_and_metric(sqlite_url):
+    """Several rules ask for the same VMs' utilisation: a second ask reads only the VMs not
+    asked for before, and the figures are those a first ask gives."""
+    from sqlalchemy import event
+
+    from finops.rules.common import utilisation
+
+    night = Night()
+    night.vm("a", gpu=(1.0, 2.0)).vm("b", gpu=(50.0, 90.0), hours=24).vm("no-data")
+    engine = engine_for(sqlite_url)
+    run_id = night.store(engine)
+    reads = []
+    event.listen(engine, "before_cursor_execute", lambda *args: reads.append(args[2]))
+    with engine.connect() as conn:
+        run = run_context(conn, run_id)
+        first = utilisation(conn, run, "gpu", [rid("a")])
+        reads.clear()
+        both = utilisation(conn, run, "gpu", [rid("a"), rid("b"), rid("no-data")])
+        assert len(reads) == 1 and "metrics_hourly" in reads[0]
+        reads.clear()
+        assert utilisation(conn, run, "gpu", [rid("b"), rid("no-data")]) == {
+            rid("b"): both[rid("b")]
+        }
+        assert not reads
+        fresh = utilisation(conn, run_context(conn, run_id), "gpu", [rid("a"), rid("b")])
+    engine.dispose()
+    assert both == fresh and first == {rid("a"): fresh[rid("a")]}
+    assert (both[rid("a")].hours, both[rid("b")].hours, both[rid("b")].average) == (168, 24, 50.0)

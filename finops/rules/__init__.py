@@ -32,6 +32,8 @@ class RunContext:
     metrics_end: datetime
     cost_end: date  # the first day not yet complete (the run's UTC date)
     unmeasured: frozenset[str] = frozenset()  # VMs whose metrics this night could not read
+    # metric -> resource id -> its utilisation (None: no data), kept for the night's other rules
+    measured: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

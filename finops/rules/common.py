@@ -166,16 +166,19 @@ def utilisation(
     conn: Connection, run: RunContext, metric: str, resource_ids: list[str]
 ) -> dict[str, Utilisation]:
     """Per resource over the run's metrics window: hours with data, the mean of hourly
-    averages, and the 95th percentile of hourly maxima."""
+    averages, and the 95th percentile of hourly maxima. Computed once a night per resource and
+    metric: idle-gpu-vm, gpu-vm-oversized and the commitment rules ask for the same VMs."""
+    known = run.measured.setdefault(metric, {})
+    missing = sorted(set(resource_ids) - known.keys())
     table = schema.metrics_hourly
-    found: dict[str, Utilisation] = {}
-    for start in range(0, len(resource_ids), 500):  # a batch at a time: memory stays flat
+    for start in range(0, len(missing), 500):  # a batch at a time: memory stays flat
+        batch = missing[start : start + 500]
         averages: dict[str, list[float]] = defaultdict(list)
         maxima: dict[str, list[float]] = defaultdict(list)
         newest: dict[str, datetime] = {}
         rows = conn.execute(
             select(table.c.resource_id, table.c.ts, table.c.average, table.c.maximum).where(
-                table.c.resource_id.in_(resource_ids[start : start + 500]),
+                table.c.resource_id.in_(batch),
                 table.c.metric == metric,
                 table.c.ts >= run.metrics_start,
                 table.c.ts < run.metrics_end,
@@ -186,14 +189,19 @@ def utilisation(
                 averages[rid].append(average)
                 newest[rid] = max(ts, newest.get(rid, ts))
             maxima[rid].append(maximum if maximum is not None else average)
-        for rid, values in averages.items():
-            found[rid] = Utilisation(
-                hours=len(values),
-                average=round(sum(values) / len(values), 2),
-                p95_max=round(percentile(maxima[rid], 95), 2),
-                newest=newest[rid],
+        for rid in batch:
+            values = averages.get(rid)
+            known[rid] = (
+                Utilisation(
+                    hours=len(values),
+                    average=round(sum(values) / len(values), 2),
+                    p95_max=round(percentile(maxima[rid], 95), 2),
+                    newest=newest[rid],
+                )
+                if values
+                else None
             )
-    return found
+    return {rid: found for rid in resource_ids if (found := known[rid])}
 
 
 def idle_verdict(gpu: Utilisation | None, cpu: Utilisation | None, t: RuleSettings) -> bool | None:
