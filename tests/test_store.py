@@ -285,9 +285,13 @@ def test_bulk_upsert_stores_values_as_sqlalchemy_does(db_url):
     assert [r.ts for r in stored if r.resource_id == "vm"] == sorted(moments)
 
 
-def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, monkeypatch):
+@pytest.mark.parametrize("stored", [Decimal(100), None], ids=["onto-stored", "new"])
+def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, monkeypatch, stored):
     """Rows of one key in one load (ids on different pages) add up their cost onto what is
-    stored, and the later row's other values win, whichever chunk each lands in."""
+    stored, and the later row's other values win, whichever chunk each lands in. PostgreSQL
+    inserts new keys by a plain INSERT and merges from the first chunk that meets a stored one."""
+    from sqlalchemy import event
+
     from finops.store import load
 
     engine = engine_for(db_url)
@@ -302,19 +306,31 @@ def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, mo
         _cost_row(day - timedelta(days=2), cost="8"),
         {**_cost_row(day, cost="0.0625"), "resource_group": "last"},
     ]
+    inserts = []
     with engine.begin() as conn:
-        conn.execute(schema.costs_daily.insert(), [_cost_row(day, cost="100")])
+        if stored is not None:
+            conn.execute(schema.costs_daily.insert(), [_cost_row(day, cost=str(stored))])
+        event.listen(
+            conn,
+            "before_cursor_execute",
+            lambda *args: inserts.append(args[2]) if args[2].startswith("INSERT") else None,
+        )
         assert load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",)) == 6
         c = schema.costs_daily
-        stored = conn.execute(
+        found = conn.execute(
             select(c.c.usage_date, c.c.cost, c.c.resource_group).order_by(c.c.usage_date)
         ).all()
     engine.dispose()
-    assert [(d, Decimal(str(cost)), rg) for d, cost, rg in stored] == [
+    assert [(d, Decimal(str(cost)), rg) for d, cost, rg in found] == [
         (day - timedelta(days=2), Decimal(8), "rg"),
         (day - timedelta(days=1), Decimal(4), "rg"),
-        (day, Decimal("103.9375"), "last"),
+        (day, (stored or 0) + Decimal("3.9375"), "last"),
     ]
+    if engine.dialect.name == "postgresql":
+        merged = ["ON CONFLICT" in sql for sql in inserts]
+        # a plain INSERT until one meets a stored key (rolled back, that chunk merged), then
+        # merges: onto the stored row at once, else at the chunk meeting the first chunk's key
+        assert merged == ([False, True, True] if stored else [False, False, True])
 
 
 def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch):

@@ -12,12 +12,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import IntegrityError
 
 from finops.collection import Collection, CostFile, CostFileError, Row
 from finops.store import schema
 from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, LIST, QUERY
 
 CHUNK = 20_000  # rows per executemany or COPY: fewer round trips, memory still bounded
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
 
 def utc_naive(moment: datetime) -> datetime:
@@ -144,12 +146,14 @@ def _copy_upsert(
     accumulate: Sequence[str],
     chunks: Iterator[list[Row]],
 ) -> None:
-    """COPY each chunk into a temporary table, then one INSERT .. SELECT .. ON CONFLICT from
-    it. Rows of one key are merged in Python first: ON CONFLICT can't update a row twice, and
-    merging them in the INSERT (GROUP BY with array_agg) cost PostgreSQL 60 % more time than
-    the insert. While PostgreSQL merges a chunk, a thread reads, sorts and converts the next
-    (a 10k-VM night's load: 41-42 s -> 31-37 s); started before the COPY, it only contended
-    for the GIL and was slower."""
+    """COPY each chunk into a temporary table, then one INSERT .. SELECT from it: a plain one
+    while no row's key is stored yet (the Query API's windows were deleted first, so a night's
+    cost rows are new), else, from the first chunk that meets a stored key, ON CONFLICT, whose
+    check before each row cost the server 40 % more. Rows of one key are merged in Python
+    first: ON CONFLICT can't update a row twice, and merging them in the INSERT (GROUP BY with
+    array_agg) cost PostgreSQL 60 % more time than the insert. While PostgreSQL inserts a chunk,
+    a thread reads, sorts and converts the next (a 10k-VM night's load: 41-42 s -> 31-37 s);
+    started before the COPY, it only contended for the GIL and was slower."""
     names = [c.name for c in table.columns]
     stage = f"stage_{table.name}"
     values, key = _converter(conn, table, names), itemgetter(*keys)
@@ -158,10 +162,9 @@ def _copy_upsert(
         for n in names
         if n not in keys
     ]
-    merge = (
-        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage} "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
-    )
+    insert = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage}"
+    merge = f"{insert} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+    stored_keys_met = False
 
     def next_prepared() -> list[tuple] | None:
         chunk = next(chunks, None)
@@ -182,8 +185,23 @@ def _copy_upsert(
                 for row in prepared:
                     copy.write_row(row)
             following = pool.submit(next_prepared)
-            conn.exec_driver_sql(merge)
+            if stored_keys_met or not _inserted(conn, insert):
+                stored_keys_met = True
+                conn.exec_driver_sql(merge)
             prepared = following.result()
+
+
+def _inserted(conn: Connection, insert: str) -> bool:
+    """Run a plain INSERT in a savepoint; False, and nothing inserted, where a row's key is
+    already stored."""
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql(insert)
+    except IntegrityError as e:
+        if getattr(e.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+        return False
+    return True
 
 
 def _one_per_key(
