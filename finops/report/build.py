@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, func, or_, select
+from sqlalchemy import Connection, Date, Row, case, func, or_, select
 
 from finops.catalog import size_family
 from finops.config import Settings
@@ -529,27 +529,35 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
     ]
     busy = dict.fromkeys(days, 0.0)
     idle = dict.fromkeys(days, 0.0)
-    ordered = sorted(gpu_ids)
     by_metric = {
-        metric: func.max(case((table.c.metric == metric, table.c.average))) for metric in thresholds
+        metric: func.max(case((table.c.metric == metric, table.c.average))).label(metric)
+        for metric in thresholds
     }
-    for start in range(0, len(ordered), 100):  # a batch's hours at a time: memory stays flat
+    for batch in by_500(gpu_ids):
         hours = (
-            select(table.c.resource_id, table.c.ts, by_metric["gpu"], by_metric["cpu"])
+            select(table.c.resource_id, table.c.ts, *by_metric.values())
             .where(
-                table.c.resource_id.in_(ordered[start : start + 100]),
+                table.c.resource_id.in_(batch),
                 table.c.metric.in_(list(thresholds)),
                 table.c.ts >= run["metrics_start"],
                 table.c.ts < run["metrics_end"],
             )
             .group_by(table.c.resource_id, table.c.ts)
+            .subquery()
         )
-        for rid, ts, gpu, cpu in conn.execute(hours):
-            if gpu is None and cpu is None:
-                continue
-            metric, average = ("gpu", gpu) if gpu is not None else ("cpu", cpu)
-            target = idle if average < thresholds[metric] else busy
-            target[ts.date()] += float(sizes[vms[rid]["size"]].gpus)
+        # the database counts each VM's idle and busy hours per day: no hour reaches Python
+        average = func.coalesce(hours.c.gpu, hours.c.cpu)
+        is_idle = average < case(
+            (hours.c.gpu.is_not(None), thresholds["gpu"]), else_=thresholds["cpu"]
+        )
+        day = func.date(hours.c.ts, type_=Date)
+        counts = (
+            select(hours.c.resource_id, day, is_idle, func.count())
+            .where(average.is_not(None))
+            .group_by(hours.c.resource_id, day, is_idle)
+        )
+        for rid, on, was_idle, count in conn.execute(counts):
+            (idle if was_idle else busy)[on] += count * float(sizes[vms[rid]["size"]].gpus)
     total_idle, total = sum(idle.values()), sum(idle.values()) + sum(busy.values())
     return {
         "days": days,
