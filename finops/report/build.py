@@ -183,6 +183,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     if alerts:
         line += f" {len(alerts)} alert(s) to investigate: {alerts[0]['title']}."
     spend = _spend(conn, run, subs, gpu_ids, currency)
+    vm_spend = _vm_spend(conn, run, gpu_ids)
     if spend["has_data"]:
         line += f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
     if changes["resolved"]:
@@ -199,7 +200,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         more=more,
         changes=changes,
         exempt=[f for f in rows if f["exempt"]],
-        fleet=_fleet(conn, run, vms, sizes, gpu_ids, rows),
+        fleet=_fleet(vms, sizes, gpu_ids, vm_spend, rows),
         quotas=_quotas(conn, run_id, subs, settings.rules.quota_near_percent),
         trend=spend["trend"],
         spend=spend,
@@ -208,7 +209,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         freshness=_freshness(conn, run),
         findings=active,
         ptu=_ptu(conn, run, settings, deployments, subs, rows),
-        teams=_teams(conn, run, vms, gpu_ids, active, hygiene, currency),
+        teams=_teams(vms, gpu_ids, vm_spend, active, hygiene, currency),
     )
 
 
@@ -300,9 +301,8 @@ def _changes(conn: Connection, run: dict[str, Any], active: list[dict]) -> dict[
     }
 
 
-def _fleet(conn, run, vms, sizes, gpu_ids, findings) -> list[dict[str, Any]]:
+def _fleet(vms, sizes, gpu_ids, spend, findings) -> list[dict[str, Any]]:
     idle = {f["resource_id"] for f in findings if f["rule_id"] == "idle-gpu-vm"}
-    spend = _vm_spend(conn, run, gpu_ids)
     families: dict[str, dict[str, Any]] = {}
     for rid in gpu_ids:
         vm = vms[rid]
@@ -657,7 +657,7 @@ def _tag(tags: dict | None, name: str) -> str:
     return ""
 
 
-def _teams(conn, run, vms, gpu_ids, active, hygiene, currency) -> dict[str, Any]:
+def _teams(vms, gpu_ids, vm_spend, active, hygiene, currency) -> dict[str, Any]:
     """Each team's money (by owner and cost-center tags, each resource counted once at its
     largest saving), the 30-day spend of GPU VMs without an owner or cost center, and how many
     GPU VMs lack required tags."""
@@ -681,8 +681,10 @@ def _teams(conn, run, vms, gpu_ids, active, hygiene, currency) -> dict[str, Any]
         for rid in gpu_ids
         if not (_tag(vms[rid]["tags"], "owner") and _tag(vms[rid]["tags"], "cost-center"))
     }
-    spend = _vm_spend(conn, run, untagged)
-    untagged_spend = sum((s.get(currency, Decimal(0)) for s in spend.values()), Decimal(0))
+    untagged_spend = sum(
+        (vm_spend[rid].get(currency, Decimal(0)) for rid in untagged if rid in vm_spend),
+        Decimal(0),
+    )
     return {
         "rows": sorted(teams.values(), key=lambda e: -e["saving"]),
         "currency": currency,
