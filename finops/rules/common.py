@@ -169,10 +169,8 @@ def utilisation(
     averages, and the 95th percentile of hourly maxima. Computed once a night per resource and
     metric: idle-gpu-vm, gpu-vm-oversized and the commitment rules ask for the same VMs."""
     known = run.measured.setdefault(metric, {})
-    missing = sorted(set(resource_ids) - known.keys())
     table = schema.metrics_hourly
-    for start in range(0, len(missing), 500):  # a batch at a time: memory stays flat
-        batch = missing[start : start + 500]
+    for batch in by_500(set(resource_ids) - known.keys()):
         averages: dict[str, list[float]] = defaultdict(list)
         maxima: dict[str, list[float]] = defaultdict(list)
         newest: dict[str, datetime] = {}

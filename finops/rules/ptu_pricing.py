@@ -19,7 +19,7 @@ from finops.config import Settings
 from finops.rules import RunContext
 from finops.rules.common import percentile
 from finops.store import schema
-from finops.store.costs import ACTUAL, AMORTIZED, counted
+from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
 
 BASES = ("hourly", "monthly-reservation", "yearly-reservation")
 MILLION = Decimal(1_000_000)
@@ -169,7 +169,7 @@ def usage(
     table = schema.metrics_hourly
     start, end = window(run, settings)
     found: dict[str, Usage] = defaultdict(Usage)
-    for first in range(0, len(ids), 500):
+    for batch in by_500(ids):
         for rid, metric, ts, average, maximum, total in conn.execute(
             select(
                 table.c.resource_id,
@@ -179,7 +179,7 @@ def usage(
                 table.c.maximum,
                 table.c.total,
             ).where(
-                table.c.resource_id.in_(ids[first : first + 500]),
+                table.c.resource_id.in_(batch),
                 table.c.metric.in_(("ptu_util", "tokens_in", "tokens_out", "throttled")),
                 table.c.ts >= start,
                 table.c.ts < end,
