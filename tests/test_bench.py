@@ -25,6 +25,7 @@ def test_bench_runs_on_200_vms_and_writes_its_results(tmp_path):
         assert first["phases"][phase]["wall_s"] > 0
     assert first["phases"]["collect"]["requests"] > 0 and first["rows_loaded"] > 1000
     assert first["findings"] > 0 and first["peak_rss_mb"] > 0
+    assert first["simulator_cpu_s"] > 0  # it answered the night's requests
     assert results["naive"]["requests"] > first["requests"]  # a call per VM, and more
     assert {v["target"].split(" ")[0] for v in results["verdicts"]} >= {"requests", "naive"}
     assert "| 200 | sqlite | 1 |" in out.with_suffix(".md").read_text()

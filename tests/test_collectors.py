@@ -226,7 +226,6 @@ def test_unexpected_api_shapes_are_stored_and_judged_safely(world):
     estate._add(0, "GPU-Lab", "no-power-state", "eastus", "Standard_NC24ads_A100_v4", "", **odd)
     estate._add(0, "GPU-Lab", "retired-size", "eastus", "Standard_NC6s_v3", "running", **odd)
     estate._add(0, "GPU-Lab", "Idle-Upper", "eastus", "Standard_NC4as_T4_v3", "running", **odd)
-    estate.by_id = {vm.id.lower(): vm for vm in estate.vms}
     result = world.night()
     assert result.missing is None
     with world.engine.connect() as conn:

@@ -275,10 +275,11 @@ class Estate:
             for name in names
         ]
         self.vms: list[SimVM] = []
+        self.by_id: dict[str, SimVM] = {}
+        self._vms_by_subscription: dict[str, list[SimVM]] = {}
         self.data_disks: list[SimDisk] = []
         self._scenarios()
         self._fillers(rng, vms - len(self.vms))
-        self.by_id = {vm.id.lower(): vm for vm in self.vms}
         self.ai_accounts = self._ai_accounts()
         self.accounts_by_id = {a.id.lower(): a for a in self.ai_accounts}
         self._account_costs: dict[tuple[int, date, str], Decimal] = {}
@@ -300,7 +301,10 @@ class Estate:
     # -- building ------------------------------------------------------------------------
     def _add(self, sub: int, rg: str, name: str, location: str, size: str, state: str, **kw):
         sub_id = self.subscriptions[sub].subscription_id
-        self.vms.append(SimVM(len(self.vms), sub_id, rg, name, location, size, state, **kw))
+        vm = SimVM(len(self.vms), sub_id, rg, name, location, size, state, **kw)
+        self.vms.append(vm)
+        self.by_id[vm.id.lower()] = vm
+        self._vms_by_subscription.setdefault(sub_id, []).append(vm)
 
     def _scenarios(self) -> None:
         month = LONG_AGO_H
@@ -981,7 +985,7 @@ class Estate:
 
     # -- queries -------------------------------------------------------------------------
     def vms_in(self, subscription_id: str) -> list[SimVM]:
-        return [vm for vm in self.vms if vm.subscription_id == subscription_id]
+        return list(self._vms_by_subscription.get(subscription_id, ()))
 
     def disks_in(self, subscription_id: str) -> list[SimDisk]:
         """Every VM's OS disk, then the data disks and the unattached ones."""
@@ -1005,9 +1009,9 @@ class Estate:
         gpu = gpu_size(size)
         return gpu.quota_family if gpu else NON_GPU_SIZES[size][3]
 
-    def quota_usage(self) -> dict[tuple[str, str, str], int]:
+    def quota_usage(self, subscription_id: str | None = None) -> dict[tuple[str, str, str], int]:
         used: dict[tuple[str, str, str], int] = {}
-        for vm in self.vms:
+        for vm in self.vms if subscription_id is None else self.vms_in(subscription_id):
             key = (vm.subscription_id, vm.location, self.quota_family(vm.size))
             active = vm.power_state != "deallocated"
             used[key] = used.get(key, 0) + (vm.vcpus if active else 0)

@@ -519,7 +519,7 @@ def _sku(size: str, family: str, location: str, caps: dict[str, int]) -> dict[st
 def list_usages(req: Request, subscription_id: str, location: str) -> Reply:
     sub = _subscription(req, subscription_id)
     estate = req.sim.estate
-    used = estate.quota_usage()
+    used = estate.quota_usage(sub.subscription_id)
     items = []
     total = 0
     for (sid, loc, family), value in sorted(used.items()):
@@ -627,6 +627,7 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
     while moment < end:
         hours.append(moment)
         moment += timedelta(hours=1)
+    stamps = [_iso(hour) for hour in hours]
     values = []
     for rid, vm in zip(ids, vms, strict=True):
         series_values = []
@@ -635,8 +636,8 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
             if metric != "cpu" and vm.gpu is None:
                 continue  # no GPU telemetry reaches Azure Monitor from this VM
             data = []
-            for hour in hours:
-                point: dict[str, Any] = {"timeStamp": _iso(hour)}
+            for hour, stamp in zip(hours, stamps, strict=True):
+                point: dict[str, Any] = {"timeStamp": stamp}
                 sample = estate.hourly(vm, metric, hour)
                 if sample is not None:
                     if "average" in aggregations:
@@ -869,36 +870,43 @@ def _cost_rows(estate, subscription_id, cost_type, first, last, groups, only) ->
     `only` when a ResourceId filter is given)."""
     rows: list[list] = []
 
-    def add(cost, number: int, rid: str, category: str) -> None:
-        if cost and (only is None or rid in only):
-            rows.append(_cost_row(cost, number, rid, category, groups))
+    def grouped(rid: str, category: str) -> list[Any] | None:
+        """A resource's values after cost and day: its grouping columns, then the currency."""
+        if only is not None and rid not in only:
+            return None
+        values = {"ResourceId": rid, "MeterCategory": category, "ServiceName": category}
+        return [*(values[g] for g in groups), "USD"]
 
-    vms = [(vm, vm.id.lower()) for vm in estate.vms_in(subscription_id)]
-    accounts = [(a, a.id.lower()) for a in estate.accounts_in(subscription_id)]
-    disks = [(d.daily_cost, d.id.lower()) for d in estate.disks_in(subscription_id)]
-    storage = estate.storage_account_id(subscription_id).lower()
+    def add(cost, number: int, tail: list[Any] | None) -> None:
+        if cost and tail is not None:
+            rows.append([float(cost), number, *tail])
+
+    vms = [
+        (vm, grouped(vm.id.lower(), "Virtual Machines")) for vm in estate.vms_in(subscription_id)
+    ]
+    accounts = [(a, grouped(a.id.lower(), AI_METERS)) for a in estate.accounts_in(subscription_id)]
+    disks = [
+        (d.daily_cost, grouped(d.id.lower(), "Storage")) for d in estate.disks_in(subscription_id)
+    ]
+    storage = grouped(estate.storage_account_id(subscription_id).lower(), "Storage")
+    purchases = grouped("", "Virtual Machines")
     day = first
     while day <= min(last, estate.now.date()):
         number = int(day.strftime("%Y%m%d"))
-        for vm, rid in vms:
-            add(estate.daily_cost(vm, day, cost_type), number, rid, "Virtual Machines")
-        for account, rid in accounts:
-            add(estate.account_daily_cost(account, day, cost_type), number, rid, AI_METERS)
-        for cost, rid in disks:
-            add(cost, number, rid, "Storage")
-        add(STORAGE_DAILY_COST, number, storage, "Storage")
+        for vm, tail in vms:
+            add(estate.daily_cost(vm, day, cost_type), number, tail)
+        for account, tail in accounts:
+            add(estate.account_daily_cost(account, day, cost_type), number, tail)
+        for cost, tail in disks:
+            add(cost, number, tail)
+        add(STORAGE_DAILY_COST, number, storage)
         if cost_type == "ActualCost":
-            add(estate.reservation_purchase(subscription_id, day), number, "", "Virtual Machines")
+            add(estate.reservation_purchase(subscription_id, day), number, purchases)
         day += timedelta(days=1)
     return rows
 
 
 AI_METERS = "Cognitive Services"
-
-
-def _cost_row(cost, number: int, rid: str, category: str, groups: list[str]) -> list[Any]:
-    values = {"ResourceId": rid, "MeterCategory": category, "ServiceName": category}
-    return [float(cost), number, *(values[g] for g in groups), "USD"]
 
 
 def _vm(req: Request, subscription_id: str, group: str, name: str):
