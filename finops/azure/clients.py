@@ -165,7 +165,10 @@ def list_items(client: Any, request: HttpRequest) -> Iterator[dict[str, Any]]:
 
 
 def _json(client: Any, request: HttpRequest) -> Any:
-    response = client.send_request(request)
+    # streamed, then read here: otherwise the pipelines that hold a ContentDecodePolicy parse
+    # the answer too, and response.json() parses it again (a second decoding of every page)
+    response = client.send_request(request, stream=True)
+    response.read()
     if response.status_code != 200:
         errors = {401: ClientAuthenticationError, 404: ResourceNotFoundError}
         map_error(status_code=response.status_code, response=response, error_map=errors)
