@@ -19,6 +19,7 @@ from finops.collection import Row
 from finops.store.costs import QUERY, scope_of
 
 MICROS = Decimal("0.000001")
+SCOPES_KEPT = 50_000  # resources whose parsed scope a cost query keeps at hand
 COST_COLUMNS = ("Cost", "PreTaxCost", "CostUSD", "PreTaxCostUSD")
 COST_TYPES = ("ActualCost", "AmortizedCost")
 API_VERSION = "2025-03-01"  # as azure-mgmt-costmanagement 5.0.0 sends it
@@ -59,7 +60,11 @@ def daily(
     of one page whose ids differ only in case (APIs disagree on it) are summed into one; the
     store adds up those that fall on different pages."""
     body = query_body(cost_type, start, end)
+    # a window repeats each resource once a day and many costs (an always-on VM's day): the
+    # parsed day, cost and scope are looked up, not parsed again, for each row
     days: dict[Any, date] = {}
+    amounts: dict[Any, Decimal] = {}
+    scopes: dict[str, tuple[str, str]] = {}
     for props in _pages(clients, f"subscriptions/{subscription_id}", body):
         rows: dict[tuple, Row] = {}
         names = [c["name"] for c in props.get("columns") or []]
@@ -75,14 +80,16 @@ def daily(
             rid = str(row[rid_i]).lower()
             try:
                 day = days.get(row[date_i]) or days.setdefault(row[date_i], _day(row[date_i]))
-                cost = Decimal(str(row[cost_i])).quantize(MICROS)
+                cost = amounts.get(row[cost_i])
+                if cost is None:
+                    cost = amounts.setdefault(row[cost_i], _amount(row[cost_i]))
             except (ValueError, TypeError, InvalidOperation):
                 raise ValueError(f"cost query answered an unreadable row {row!r}") from None
             key = (rid, day, row[cat_i] or "")
             if key in rows:
                 rows[key]["cost"] += cost
                 continue
-            sub, group = scope_of(rid)
+            sub, group = scopes.get(rid) or scopes.setdefault(rid, scope_of(rid))
             rows[key] = {
                 "source": QUERY,
                 "file_id": 0,
@@ -96,6 +103,13 @@ def daily(
                 "currency": str(row[cur_i]).upper(),
             }
         yield from rows.values()
+        if len(scopes) > SCOPES_KEPT:  # memory stays flat over a subscription's many pages
+            scopes.clear()
+            amounts.clear()
+
+
+def _amount(value: Any) -> Decimal:
+    return Decimal(str(value)).quantize(MICROS)
 
 
 def _day(value: Any) -> date:
