@@ -189,6 +189,20 @@ def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
     assert all(r["resource_id"] for r in billed)  # the reservation purchase has no resource
 
 
+def test_cost_rows_are_the_same_when_the_parsed_values_are_dropped_between_pages(
+    clients, estate, monkeypatch
+):
+    """The query keeps parsed days, amounts and scopes at hand, and drops them past a bound so
+    that memory stays flat: dropping them after every page changes no row."""
+    sub = _sub(estate)
+    end = estate.now.date()
+    start = end - timedelta(days=30)
+    kept = list(costs.daily(clients, sub, start, end, "ActualCost"))
+    monkeypatch.setattr(costs, "PARSED_KEPT", 1)
+    dropped = list(costs.daily(clients, sub, start, end, "ActualCost"))
+    assert len(kept) > 100 and dropped == kept  # more than one page of 100 rows
+
+
 def test_unsupported_api_version_is_refused_like_arm(clients, estate):
     api = clients.compute(_sub(estate)).virtual_machines
     with pytest.raises(HttpResponseError) as error:

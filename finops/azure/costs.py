@@ -19,7 +19,7 @@ from finops.collection import Row
 from finops.store.costs import QUERY, scope_of
 
 MICROS = Decimal("0.000001")
-SCOPES_KEPT = 50_000  # resources whose parsed scope a cost query keeps at hand
+PARSED_KEPT = 50_000  # parsed scopes, and amounts, a cost query keeps at hand
 COST_COLUMNS = ("Cost", "PreTaxCost", "CostUSD", "PreTaxCostUSD")
 COST_TYPES = ("ActualCost", "AmortizedCost")
 API_VERSION = "2025-03-01"  # as azure-mgmt-costmanagement 5.0.0 sends it
@@ -103,7 +103,7 @@ def daily(
                 "currency": str(row[cur_i]).upper(),
             }
         yield from rows.values()
-        if len(scopes) > SCOPES_KEPT:  # memory stays flat over a subscription's many pages
+        if len(scopes) > PARSED_KEPT or len(amounts) > PARSED_KEPT:  # memory stays flat
             scopes.clear()
             amounts.clear()
 
