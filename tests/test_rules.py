@@ -6,11 +6,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from finops import rules
 from finops.collection import Collection, Spool
 from finops.config import load_settings
 from finops.pipeline import run_context, start_run
+from finops.store import schema
 from finops.store.db import engine_for, upgrade
 from finops.store.load import load_night
 
@@ -639,6 +641,37 @@ def test_report_counts_gpu_hours_busy_or_idle_by_gpu_else_cpu(db_url):
     today = hours["days"].index(NOW.date())  # its 12 hours up to noon
     assert hours["busy"][today] == 12 + 12
     assert hours["idle"][today] == 12 + 12
+
+
+def test_utilisation_reads_back_every_hour_exactly(db_url):
+    """The database joins a resource's hourly values into a string: floats that need 17
+    digits, hours without a maximum and hours without an average give the figures Python
+    computes from the hours themselves, on both backends."""
+    from finops.rules.common import _joined, percentile, utilisation
+
+    night = Night().vm("odd")
+    hours = [
+        (NOW - timedelta(hours=h + 1), 0.1 + 0.2 + h / 3, None if h % 5 == 0 else 1 / 3 + h * 1.1)
+        for h in range(48)
+    ]
+    hours.append((NOW - timedelta(hours=60), None, 97.00000000000001))
+    for ts, average, maximum in hours:
+        night.c.metrics.append(
+            {"resource_id": rid("odd"), "metric": "gpu", "ts": ts, "average": average,
+             "maximum": maximum}
+        )  # fmt: skip
+    engine = engine_for(db_url)
+    run_id = night.store(engine)
+    with engine.connect() as conn:
+        found = utilisation(conn, run_context(conn, run_id), "gpu", [rid("odd")])[rid("odd")]
+        joined = conn.execute(select(_joined(conn, schema.metrics_hourly.c.maximum))).scalar()
+    engine.dispose()
+    assert sorted(map(float, joined.split(","))) == sorted(m for _, _, m in hours if m is not None)
+    averages = [a for _, a, _ in hours if a is not None]
+    maxima = [m if m is not None else a for _, a, m in hours]
+    assert found.hours == 48 and found.newest == NOW - timedelta(hours=1)
+    assert found.average == round(sum(averages) / len(averages), 2)
+    assert found.p95_max == round(percentile(maxima, 95), 2)
 
 
 def test_utilisation_is_read_once_a_night_per_resource_and_metric(sqlite_url):

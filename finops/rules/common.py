@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, Text, case, cast, func, select
 
 from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
 from finops.config import RuleSettings
@@ -167,39 +166,50 @@ def utilisation(
 ) -> dict[str, Utilisation]:
     """Per resource over the run's metrics window: hours with data, the mean of hourly
     averages, and the 95th percentile of hourly maxima. Computed once a night per resource and
-    metric: idle-gpu-vm, gpu-vm-oversized and the commitment rules ask for the same VMs."""
+    metric: idle-gpu-vm, gpu-vm-oversized and the commitment rules ask for the same VMs. The
+    database sends one row per resource with its hours' values joined in a string: fetching
+    an hour a row cost 2.4 us an hour through the driver and SQLAlchemy, 2 M hours at 50k VMs."""
     known = run.measured.setdefault(metric, {})
     table = schema.metrics_hourly
+    averaged = table.c.average.is_not(None)
     for batch in by_500(set(resource_ids) - known.keys()):
-        averages: dict[str, list[float]] = defaultdict(list)
-        maxima: dict[str, list[float]] = defaultdict(list)
-        newest: dict[str, datetime] = {}
         rows = conn.execute(
-            select(table.c.resource_id, table.c.ts, table.c.average, table.c.maximum).where(
+            select(
+                table.c.resource_id,
+                func.max(case((averaged, table.c.ts))),
+                _joined(conn, table.c.average),
+                _joined(conn, func.coalesce(table.c.maximum, table.c.average)),
+            )
+            .where(
                 table.c.resource_id.in_(batch),
                 table.c.metric == metric,
                 table.c.ts >= run.metrics_start,
                 table.c.ts < run.metrics_end,
             )
+            .group_by(table.c.resource_id)
         )
-        for rid, ts, average, maximum in rows:
-            if average is not None:
-                averages[rid].append(average)
-                newest[rid] = max(ts, newest.get(rid, ts))
-            maxima[rid].append(maximum if maximum is not None else average)
-        for rid in batch:
-            values = averages.get(rid)
-            known[rid] = (
-                Utilisation(
+        found = {}
+        for rid, newest, averages, maxima in rows:
+            if averages:
+                values = list(map(float, averages.split(",")))
+                found[rid] = Utilisation(
                     hours=len(values),
                     average=round(sum(values) / len(values), 2),
-                    p95_max=round(percentile(maxima[rid], 95), 2),
-                    newest=newest[rid],
+                    p95_max=round(percentile(list(map(float, maxima.split(","))), 95), 2),
+                    newest=newest,
                 )
-                if values
-                else None
-            )
+        for rid in batch:
+            known[rid] = found.get(rid)
     return {rid: found for rid in resource_ids if (found := known[rid])}
+
+
+def _joined(conn: Connection, values: ColumnElement) -> ColumnElement:
+    """A group's non-null numbers as one comma-separated string (NULL when there are none),
+    each written so that it reads back as the same float: PostgreSQL's float text is the
+    shortest exact one; SQLite's is 15 digits, so it is asked for 17."""
+    if conn.dialect.name == "postgresql":
+        return func.string_agg(cast(values, Text), ",")
+    return func.group_concat(case((values.is_not(None), func.printf("%!.17g", values))), ",")
 
 
 def idle_verdict(gpu: Utilisation | None, cpu: Utilisation | None, t: RuleSettings) -> bool | None:
