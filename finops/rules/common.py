@@ -188,18 +188,18 @@ def utilisation(
             )
             .group_by(table.c.resource_id)
         )
-        found = {}
+        figures = {}
         for rid, newest, averages, maxima in rows:
             if averages:
                 values = list(map(float, averages.split(",")))
-                found[rid] = Utilisation(
+                figures[rid] = Utilisation(
                     hours=len(values),
                     average=round(sum(values) / len(values), 2),
                     p95_max=round(percentile(list(map(float, maxima.split(","))), 95), 2),
                     newest=newest,
                 )
         for rid in batch:
-            known[rid] = found.get(rid)
+            known[rid] = figures.get(rid)
     return {rid: found for rid in resource_ids if (found := known[rid])}
 
 
