@@ -117,9 +117,16 @@ def concurrently(
 def stored_metric_hours(engine: Engine) -> dict[str, datetime]:
     """Resource -> the newest hour the store holds of every one of its series (the oldest of
     the series' newest hours)."""
-    m = schema.metrics_hourly
+    m, r = schema.metrics_hourly, schema.resources
+    series_newest = (
+        select(m.c.resource_key, func.max(m.c.ts).label("ts"))
+        .group_by(m.c.resource_key, m.c.metric)
+        .subquery()
+    )
+    query = select(r.c.resource_id, series_newest.c.ts).join_from(
+        series_newest, r, r.c.id == series_newest.c.resource_key
+    )
     newest: dict[str, datetime] = {}
-    query = select(m.c.resource_id, func.max(m.c.ts)).group_by(m.c.resource_id, m.c.metric)
     with engine.connect() as conn:
         for rid, hour in conn.execute(query):
             hour = hour.replace(tzinfo=UTC)

@@ -22,6 +22,8 @@ from finops.sim.estate import Estate
 from finops.sim.exports import COLUMNS, write_focus_export
 from finops.store import schema
 from finops.store.db import engine_for, upgrade
+from finops.store.load import upsert
+from finops.store.series import by_resource_id
 from tests.postgres import fresh_pg_database
 from tests.test_cli import finops
 
@@ -108,23 +110,30 @@ def test_refetched_days_replace_what_settled_differently(world):
     c = schema.costs_daily
     with world.engine.begin() as conn:
         for days_ago in (1, 10):  # a charge later moved away; one inside the refetch, one not
-            conn.execute(
-                c.insert().values(
-                    source="query",
-                    file_id=0,
-                    resource_id=gone,
-                    usage_date=today - timedelta(days=days_ago),
-                    cost_type="ActualCost",
-                    meter_category="Storage",
-                    subscription_id=sub,
-                    resource_group="x",
-                    cost=Decimal("5"),
-                    currency="USD",
-                )
+            upsert(
+                conn,
+                c,
+                [
+                    dict(
+                        source="query",
+                        file_id=0,
+                        resource_id=gone,
+                        usage_date=today - timedelta(days=days_ago),
+                        cost_type="ActualCost",
+                        meter_category="Storage",
+                        subscription_id=sub,
+                        resource_group="x",
+                        cost=Decimal("5"),
+                        currency="USD",
+                    )
+                ],
             )
     world.night()
+    stored = by_resource_id(c).subquery()
     with world.engine.connect() as conn:
-        left = conn.execute(select(c.c.usage_date).where(c.c.resource_id == gone)).scalars()
+        left = conn.execute(
+            select(stored.c.usage_date).where(stored.c.resource_id == gone)
+        ).scalars()
         assert list(left) == [today - timedelta(days=10)]
 
 
@@ -441,9 +450,11 @@ def test_report_spend_counts_an_export_where_it_covers_a_subscription_day(world)
             (other, in_euros, "70", "EUR"),
         ]
         for resource_id, day, cost, currency in rows:
-            for cost_type in ("ActualCost", "AmortizedCost"):
-                conn.execute(
-                    c.insert().values(
+            upsert(
+                conn,
+                c,
+                [
+                    dict(
                         source="focus",
                         file_id=file_id,
                         resource_id=resource_id,
@@ -455,7 +466,9 @@ def test_report_spend_counts_an_export_where_it_covers_a_subscription_day(world)
                         cost=Decimal(cost),
                         currency=currency,
                     )
-                )
+                    for cost_type in ("ActualCost", "AmortizedCost")
+                ],
+            )
         after = build(conn, result.run_id, world.settings).spend
 
     name = next(s.display_name for s in world.estate.subscriptions if s.subscription_id == sub)

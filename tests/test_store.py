@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from finops.collection import Collection
 from finops.config import load_settings
 from finops.pipeline import start_run, store_night
-from finops.store import schema
+from finops.store import schema, series
 from finops.store.db import engine_for, safe_url, upgrade
 
 RID = "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/vm1"
@@ -158,18 +158,17 @@ def test_migration_0007_keeps_the_time_series(db_url):
         )
     upgrade(engine)
     with engine.connect() as conn:
-        assert [(r.resource_id, r.cost_type) for r in conn.execute(select(schema.costs_daily))] == [
-            (RID, "ActualCost")
-        ]
-        assert [r.average for r in conn.execute(select(schema.metrics_hourly))] == [3.5]
+        costs = series.by_resource_id(schema.costs_daily)
+        assert [(r.resource_id, r.cost_type) for r in conn.execute(costs)] == [(RID, "ActualCost")]
+        assert [r.average for r in conn.execute(select(series.metrics()))] == [3.5]
         if engine.dialect.name == "sqlite":
             tables = dict(
                 conn.exec_driver_sql(
                     "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
                 ).all()
             )
-            assert tables["costs_daily"].endswith("WITHOUT ROWID")
-            assert tables["metrics_hourly"].endswith("WITHOUT ROWID")
+            assert tables["costs_daily"].strip().endswith("WITHOUT ROWID")
+            assert tables["metrics_hourly"].strip().endswith("WITHOUT ROWID")
             indexes = {
                 name
                 for (name,) in conn.exec_driver_sql(
@@ -177,6 +176,55 @@ def test_migration_0007_keeps_the_time_series(db_url):
                 )
             }
             assert {ix.name for ix in schema.costs_daily.indexes} <= indexes
+    engine.dispose()
+
+
+def test_migration_0011_keys_the_time_series_by_resource_and_back(db_url):
+    """0011 gives each resource id of both time series one key; downgraded, the ids are back."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from finops.store.db import SQL_DIR
+
+    other = RID.replace("vm1", "vm2")
+    engine = engine_for(db_url)
+    with _at_revision(engine, "0010") as conn:
+        conn.execute(
+            text(
+                "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
+                "meter_category, subscription_id, resource_group, cost, currency) VALUES "
+                "('query', 0, :rid, :day, 'ActualCost', 'Virtual Machines', 's', 'rg', 1.5, 'EUR')"
+            ),
+            [{"rid": rid, "day": date(2026, 11, 1)} for rid in (RID, other)],
+        )
+        conn.execute(
+            text(
+                "INSERT INTO metrics_hourly (resource_id, metric, ts, average) VALUES "
+                "(:rid, 'cpu', :ts, 3.5)"
+            ),
+            [{"rid": RID, "ts": datetime(2026, 11, 1, h)} for h in range(3)],
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        keys = dict(
+            conn.execute(select(schema.resources.c.resource_id, schema.resources.c.id)).all()
+        )
+        assert sorted(keys) == [RID, other]
+        costs = series.by_resource_id(schema.costs_daily)
+        assert sorted(r.resource_id for r in conn.execute(costs)) == [RID, other]
+        stored = conn.execute(select(schema.metrics_hourly.c.resource_key)).scalars().all()
+        assert stored == [keys[RID]] * 3
+    config = Config()
+    config.set_main_option("script_location", str(SQL_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0010")
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT resource_id, cost FROM costs_daily").all()
+        assert sorted((rid, float(cost)) for rid, cost in rows) == [(RID, 1.5), (other, 1.5)]
+        hours = conn.exec_driver_sql("SELECT resource_id FROM metrics_hourly").scalars().all()
+        assert hours == [RID] * 3
     engine.dispose()
 
 
@@ -226,7 +274,7 @@ def test_safe_url_hides_the_password():
 def test_query_windows_replace_only_their_own_subscriptions_days(db_url):
     """Windows of one cost type and span are deleted in one statement over their
     subscriptions; a subscription with another window keeps the days outside it."""
-    from finops.store.load import replace_query_costs
+    from finops.store.load import replace_query_costs, upsert
 
     engine = engine_for(db_url)
     upgrade(engine)
@@ -241,7 +289,7 @@ def test_query_windows_replace_only_their_own_subscriptions_days(db_url):
         ("c", "ActualCost", day - timedelta(days=30), day),
     ]
     with engine.begin() as conn:
-        conn.execute(schema.costs_daily.insert(), stored)
+        upsert(conn, schema.costs_daily, stored)
         replace_query_costs(conn, windows, [])
         c = schema.costs_daily
         left = conn.execute(select(c.c.subscription_id, c.c.usage_date, c.c.cost_type)).all()
@@ -270,14 +318,17 @@ def test_bulk_upsert_stores_values_as_sqlalchemy_does(db_url):
         {"resource_id": "vm", "metric": "cpu", "ts": ts, "average": 1.5, "maximum": 2}
         for ts in moments
     ]
-    by_sqlalchemy = [{**r, "resource_id": "twin", "total": None} for r in rows]
     with engine.begin() as conn:
         upsert(conn, m, rows)
-        conn.execute(m.insert(), by_sqlalchemy)
+        twin = conn.execute(
+            schema.resources.insert().values(resource_id="twin")
+        ).inserted_primary_key[0]
+        conn.execute(m.insert(), [{**r, "resource_key": twin, "total": None} for r in rows])
         raw = conn.exec_driver_sql(
-            "SELECT resource_id, ts, average, maximum, total FROM metrics_hourly"
+            "SELECT r.resource_id, ts, average, maximum, total FROM metrics_hourly "
+            "JOIN resources r ON r.id = resource_key"
         ).all()
-        stored = conn.execute(select(m).order_by(m.c.ts)).all()
+        stored = conn.execute(select(series.metrics()).order_by("ts")).all()
     engine.dispose()
     assert sorted(r[1:] for r in raw if r[0] == "vm") == sorted(
         r[1:] for r in raw if r[0] == "twin"
@@ -309,11 +360,13 @@ def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, mo
     inserts = []
     with engine.begin() as conn:
         if stored is not None:
-            conn.execute(schema.costs_daily.insert(), [_cost_row(day, cost=str(stored))])
+            load.upsert(conn, schema.costs_daily, [_cost_row(day, cost=str(stored))])
         event.listen(
             conn,
             "before_cursor_execute",
-            lambda *args: inserts.append(args[2]) if args[2].startswith("INSERT") else None,
+            lambda *args: (
+                inserts.append(args[2]) if args[2].startswith("INSERT INTO costs_daily") else None
+            ),
         )
         assert load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",)) == 6
         c = schema.costs_daily
@@ -331,6 +384,41 @@ def test_bulk_upsert_adds_up_rows_of_one_key_within_and_across_chunks(db_url, mo
         # a plain INSERT until one meets a stored key (rolled back, that chunk merged), then
         # merges: onto the stored row at once, else at the chunk meeting the first chunk's key
         assert merged == ([False, True, True] if stored else [False, False, True])
+
+
+def test_each_resource_keeps_one_key_when_ids_are_forgotten_between_chunks(db_url, monkeypatch):
+    """The load remembers a bounded number of ids: one it forgot is found again, not added
+    twice, and every row reads back under its own id."""
+    from finops.store import load
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    monkeypatch.setattr(load, "CHUNK", 3)
+    monkeypatch.setattr(series, "KEPT", 4)
+    day = date(2026, 11, 20)
+    ids = [RID.replace("vm1", f"vm{i}") for i in range(10)]
+    rows = [
+        {**_cost_row(day - timedelta(days=d), cost="1"), "resource_id": rid}
+        for d in range(2)
+        for rid in ids
+    ]
+    with engine.begin() as conn:
+        assert load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",)) == 20
+        assert load.upsert(conn, schema.costs_daily, rows[::-3], accumulate=("cost",)) == 7
+    costs = series.by_resource_id(schema.costs_daily).subquery()
+    with engine.connect() as conn:
+        assert _count(engine, schema.resources) == 10
+        stored = conn.execute(select(costs.c.resource_id, costs.c.usage_date, costs.c.cost)).all()
+    engine.dispose()
+    again = {(r["resource_id"], r["usage_date"]) for r in rows[::-3]}
+    assert sorted((rid, d, Decimal(str(c))) for rid, d, c in stored) == sorted(
+        (
+            r["resource_id"],
+            r["usage_date"],
+            Decimal(2 if (r["resource_id"], r["usage_date"]) in again else 1),
+        )
+        for r in rows
+    )
 
 
 def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch):

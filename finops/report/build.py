@@ -14,7 +14,7 @@ from finops.catalog import size_family
 from finops.config import Settings
 from finops.rules import registry
 from finops.rules.common import CENTS, money
-from finops.store import schema
+from finops.store import schema, series
 from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, by_500, counted, spend_type
 
 TREND_DAYS = 30
@@ -352,7 +352,7 @@ def _vm_spend(conn, run, ids: set[str]) -> dict[str, dict[str, Decimal]]:
     for chunk in by_500(ids):
         for rid, amount, currency in conn.execute(
             select(cost.c.resource_id, cost.c.cost, cost.c.currency).where(
-                cost.c.resource_id.in_(chunk),
+                cost.c.resource_key.in_(series.keys(conn, chunk)),
                 cost.c.cost_type == kind,
                 cost.c.usage_date >= first,
                 cost.c.usage_date < end,
@@ -478,7 +478,7 @@ def _gpu_spend(
         for sub, day, amount in conn.execute(
             select(cost.c.subscription_id, cost.c.usage_date, func.sum(cost.c.cost))
             .where(
-                cost.c.resource_id.in_(chunk),
+                cost.c.resource_key.in_(series.keys(conn, chunk)),
                 cost.c.cost_type == kind,
                 cost.c.currency == currency,
                 cost.c.usage_date >= first,
@@ -517,7 +517,7 @@ def _sources(conn, totals: list[Row]) -> dict[str, Any]:
 def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, Any]:
     """Per day of the metrics window: GPU-hours of running GPU VMs, busy and idle. An hour is
     idle when its GPU average is under the idle threshold (CPU average without GPU telemetry)."""
-    table = schema.metrics_hourly
+    table = series.metrics()
     thresholds = {
         "gpu": settings.rules.idle_gpu_avg_percent,
         "cpu": settings.rules.idle_cpu_avg_percent,
@@ -537,7 +537,7 @@ def _gpu_hours(conn, run, vms, sizes, gpu_ids, settings: Settings) -> dict[str, 
         hours = (
             select(table.c.resource_id, table.c.ts, *by_metric.values())
             .where(
-                table.c.resource_id.in_(batch),
+                table.c.resource_key.in_(series.keys(conn, batch)),
                 table.c.metric.in_(list(thresholds)),
                 table.c.ts >= run["metrics_start"],
                 table.c.ts < run["metrics_end"],

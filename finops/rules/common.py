@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Connection, Text, case, cast, func, select
 from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
 from finops.config import RuleSettings
 from finops.rules import RunContext
-from finops.store import schema
+from finops.store import schema, series
 from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
 
 BILLED_DAYS = 7
@@ -86,7 +86,7 @@ def daily_costs(
                 costs.c.cost,
                 costs.c.currency,
             ).where(
-                costs.c.resource_id.in_(batch),
+                costs.c.resource_key.in_(series.keys(conn, batch)),
                 costs.c.cost_type.in_((ACTUAL, AMORTIZED)),
                 costs.c.meter_category == meter,
                 costs.c.usage_date >= first,
@@ -94,8 +94,8 @@ def daily_costs(
             )
         )
         for rid, cost_type, day, cost, currency in rows:
-            series = (daily.billed if cost_type == ACTUAL else daily.amortized).setdefault(rid, {})
-            series[day] = series.get(day, Decimal(0)) + Decimal(str(cost))
+            by_day = (daily.billed if cost_type == ACTUAL else daily.amortized).setdefault(rid, {})
+            by_day[day] = by_day.get(day, Decimal(0)) + Decimal(str(cost))
             daily.currency[rid] = currency
     return daily
 
@@ -170,7 +170,7 @@ def utilisation(
     database sends one row per resource with its hours' values joined in a string: fetching
     an hour a row cost 2.4 us an hour through the driver and SQLAlchemy, 2 M hours at 50k VMs."""
     known = run.measured.setdefault(metric, {})
-    table = schema.metrics_hourly
+    table = series.metrics()
     averaged = table.c.average.is_not(None)
     for batch in by_500(set(resource_ids) - known.keys()):
         rows = conn.execute(
@@ -181,7 +181,7 @@ def utilisation(
                 _joined(conn, func.coalesce(table.c.maximum, table.c.average)),
             )
             .where(
-                table.c.resource_id.in_(batch),
+                table.c.resource_key.in_(series.keys(conn, batch)),
                 table.c.metric == metric,
                 table.c.ts >= run.metrics_start,
                 table.c.ts < run.metrics_end,

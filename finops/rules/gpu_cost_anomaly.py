@@ -15,7 +15,7 @@ from finops.catalog import HOURS_PER_MONTH
 from finops.config import Settings
 from finops.rules import Finding, RunContext
 from finops.rules.common import money
-from finops.store import schema
+from finops.store import schema, series
 from finops.store.costs import by_500, counted, spend_type
 
 ID = "gpu-cost-anomaly"
@@ -66,7 +66,7 @@ def evaluate(conn: Connection, run: RunContext, settings: Settings) -> Iterator[
             .where(
                 costs.c.cost_type == cost_type,
                 costs.c.usage_date.between(first, day),
-                costs.c.resource_id.in_(batch),
+                costs.c.resource_key.in_(series.keys(conn, batch)),
             )
             .group_by(*columns)
         )

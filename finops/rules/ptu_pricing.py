@@ -18,7 +18,7 @@ from finops.catalog import HOURS_PER_MONTH, SCOPES, PtuModel, ptu_models
 from finops.config import Settings
 from finops.rules import RunContext
 from finops.rules.common import percentile
-from finops.store import schema
+from finops.store import schema, series
 from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
 
 BASES = ("hourly", "monthly-reservation", "yearly-reservation")
@@ -166,7 +166,7 @@ def deployments(conn: Connection, run: RunContext, provisioned: bool) -> list[di
 def usage(
     conn: Connection, run: RunContext, settings: Settings, ids: list[str]
 ) -> dict[str, Usage]:
-    table = schema.metrics_hourly
+    table = series.metrics()
     start, end = window(run, settings)
     found: dict[str, Usage] = defaultdict(Usage)
     for batch in by_500(ids):
@@ -179,7 +179,7 @@ def usage(
                 table.c.maximum,
                 table.c.total,
             ).where(
-                table.c.resource_id.in_(batch),
+                table.c.resource_key.in_(series.keys(conn, batch)),
                 table.c.metric.in_(("ptu_util", "tokens_in", "tokens_out", "throttled")),
                 table.c.ts >= start,
                 table.c.ts < end,
@@ -232,7 +232,7 @@ def billing(
             func.count(distinct(cost.c.usage_date)),
         )
         .where(
-            cost.c.resource_id.in_(list(per_day)),
+            cost.c.resource_key.in_(series.keys(conn, list(per_day))),
             cost.c.cost_type.in_((ACTUAL, AMORTIZED)),
             cost.c.usage_date >= start,
             cost.c.usage_date < run.cost_end,

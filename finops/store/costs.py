@@ -13,6 +13,7 @@ from datetime import date
 from sqlalchemy import Connection, Subquery, select, union_all
 
 from finops.store import schema
+from finops.store.series import by_resource_id
 
 QUERY, FOCUS = "query", "focus"
 ACTUAL, AMORTIZED, LIST = "ActualCost", "AmortizedCost", "ListCost"
@@ -40,10 +41,10 @@ def counted() -> Subquery:
         .exists()
     )
     # two arms rather than one OR: a filter on resource ids reaches each arm and its index
-    # (the query rows' primary key leads with source, file_id 0, resource id)
+    # (the query rows' primary key leads with source, file_id 0, resource key)
     return union_all(
-        select(c).where(c.c.source == FOCUS),
-        select(c).where(c.c.source == QUERY, c.c.file_id == 0, ~covered),
+        by_resource_id(c).where(c.c.source == FOCUS),
+        by_resource_id(c).where(c.c.source == QUERY, c.c.file_id == 0, ~covered),
     ).subquery("counted_costs")
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from finops.collection import Collection, CostFile, CostFileError, Row
 from finops.store import schema
 from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, LIST, QUERY
+from finops.store.series import RESOURCE_ID, RESOURCE_KEY, ResourceKeys
 
 CHUNK = 20_000  # rows per executemany or COPY: fewer round trips, memory still bounded
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
@@ -48,16 +49,17 @@ def upsert(
 ) -> int:
     """Insert, or update the non-key columns where the primary key already exists (adding to
     the stored value for the columns in `accumulate`; rows of one key in one call add up there
-    and the later row wins elsewhere); returns the number of rows given. Chunks go in key order
-    (SQLite's index pages stay in cache) as one DBAPI executemany (SQLite) or COPY
-    (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's own
-    work. Values pass through the columns' own bind processors, so they are stored exactly as
-    SQLAlchemy stores them."""
+    and the later row wins elsewhere); returns the number of rows given. Rows of a time series
+    name their resource by `resource_id`; its key is stored (see finops.store.series). Chunks
+    go in key order (SQLite's index pages stay in cache) as one DBAPI executemany (SQLite) or
+    COPY (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's
+    own work. Values pass through the columns' own bind processors, so they are stored exactly
+    as SQLAlchemy stores them."""
     write = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
     if write is None:
         raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
     keys = [c.name for c in table.primary_key.columns]
-    key = itemgetter(*keys)
+    key = itemgetter(*(_given(k) for k in keys))
     count = 0
 
     def in_key_order() -> Iterator[list[Row]]:
@@ -69,6 +71,11 @@ def upsert(
 
     write(conn, table, keys, accumulate, in_key_order())
     return count
+
+
+def _given(column: str) -> str:
+    """The name a row gives the column's value by."""
+    return RESOURCE_ID if column == RESOURCE_KEY else column
 
 
 def _executemany_upsert(
@@ -88,27 +95,43 @@ def _executemany_upsert(
         },
     )
     compiled = stmt.compile(dialect=conn.dialect, column_keys=[c.name for c in table.columns])
-    sql, values = str(compiled), _converter(conn, table, compiled.positiontup)
+    # a time series' resource keys are looked up in Python: by a subquery a row, SQLite's
+    # insert took a third longer
+    resource_keys = ResourceKeys()
+    values = _converter(conn, table, compiled.positiontup, resource_keys.known.__getitem__)
+    keyed = RESOURCE_KEY in table.c
     for chunk in chunks:
+        if keyed:
+            resource_keys.cover(conn, {row[RESOURCE_ID] for row in chunk})
         # one key twice in one chunk: the second updates the first, as a second statement would
-        conn.exec_driver_sql(sql, [values(row) for row in chunk])
+        conn.exec_driver_sql(str(compiled), [values(row) for row in chunk])
 
 
-def _converter(conn: Connection, table: Table, names: Sequence[str]) -> Callable[[Row], tuple]:
-    """A row's values in `names` order, as SQLAlchemy's bind processors give them."""
+def _converter(
+    conn: Connection,
+    table: Table,
+    names: Sequence[str],
+    key_of: Callable[[str], int] | None = None,
+) -> Callable[[Row], tuple]:
+    """A row's values for the columns `names`, as SQLAlchemy's bind processors give them; for
+    a resource key, `key_of` the row's resource id (or the id itself without `key_of`)."""
     dialect = conn.dialect
-    processors = [
-        (i, _faster(table.c[name].type.python_type, fn))
-        for i, name in enumerate(names)
-        if (fn := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
-    ]
-    pick = itemgetter(*names)
+
+    def processor(name: str) -> Callable[[Any], Any] | None:
+        if name == RESOURCE_KEY:
+            return key_of
+        fn = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        return fn and _faster(table.c[name].type.python_type, fn)
+
+    processors = [(i, fn) for i, name in enumerate(names) if (fn := processor(name)) is not None]
+    given = [_given(name) for name in names]
+    pick = itemgetter(*given)
 
     def values(row: Row) -> tuple:
         try:
             found = pick(row)
         except KeyError:
-            found = tuple(row.get(name) for name in names)
+            found = tuple(row.get(name) for name in given)
         if not processors:
             return found
         found = list(found)
@@ -153,17 +176,31 @@ def _copy_upsert(
     first: ON CONFLICT can't update a row twice, and merging them in the INSERT (GROUP BY with
     array_agg) cost PostgreSQL 60 % more time than the insert. While PostgreSQL inserts a chunk,
     a thread reads, sorts and converts the next (a 10k-VM night's load: 41-42 s -> 31-37 s);
-    started before the COPY, it only contended for the GIL and was slower."""
+    started before the COPY, it only contended for the GIL and was slower. A time series'
+    rows are staged with their resource ids, and PostgreSQL finds or adds their keys."""
     names = [c.name for c in table.columns]
+    given = [_given(n) for n in names]
     stage = f"stage_{table.name}"
-    values, key = _converter(conn, table, names), itemgetter(*keys)
+    values, key = _converter(conn, table, names), itemgetter(*(_given(k) for k in keys))
     updates = [
         f"{n} = {table.name}.{n} + excluded.{n}" if n in accumulate else f"{n} = excluded.{n}"
         for n in names
         if n not in keys
     ]
-    insert = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(names)} FROM {stage}"
+    staged = ", ".join("r.id" if n == RESOURCE_KEY else f"s.{n}" for n in names)
+    joined = f"{stage} s LEFT JOIN resources r ON r.resource_id = s.resource_id"
+    source = joined if RESOURCE_KEY in names else f"{stage} s"
+    insert = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {staged} FROM {source}"
+    new_resources = (
+        f"INSERT INTO resources (resource_id) SELECT DISTINCT s.resource_id FROM {stage} s "
+        "WHERE NOT EXISTS (SELECT FROM resources r WHERE r.resource_id = s.resource_id)"
+    )
     merge = f"{insert} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+    create_stage = (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS SELECT "
+        + ", ".join("r.resource_id" if n == RESOURCE_KEY else f"t.{n}" for n in names)
+        + f" FROM {table.name} t JOIN resources r ON false WITH NO DATA"
+    )
     stored_keys_met = False
 
     def next_prepared() -> list[tuple] | None:
@@ -175,16 +212,15 @@ def _copy_upsert(
         while prepared is not None:
             # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy
             # reports it (created here, not once: a rolled-back savepoint drops it)
-            conn.exec_driver_sql(
-                f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP "
-                f"AS SELECT * FROM {table.name} WITH NO DATA"
-            )
+            conn.exec_driver_sql(create_stage)
             conn.exec_driver_sql(f"TRUNCATE {stage}")
             cursor = conn.connection.driver_connection.cursor()
-            with cursor.copy(f"COPY {stage} ({', '.join(names)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {stage} ({', '.join(given)}) FROM STDIN") as copy:
                 for row in prepared:
                     copy.write_row(row)
             following = pool.submit(next_prepared)
+            if RESOURCE_KEY in names:
+                conn.exec_driver_sql(new_resources)
             if stored_keys_met or not _inserted(conn, insert):
                 stored_keys_met = True
                 conn.exec_driver_sql(merge)
