@@ -93,8 +93,8 @@ def test_migrations_build_exactly_the_schema(db_url):
 
 
 @contextmanager
-def _at_revision(engine, revision: str):
-    """A transaction on a store migrated up to `revision` only."""
+def _at_revision(engine, revision: str, down: bool = False):
+    """A transaction on a store migrated up (or `down`) to `revision` only."""
     from alembic import command
     from alembic.config import Config
 
@@ -104,8 +104,19 @@ def _at_revision(engine, revision: str):
     config.set_main_option("script_location", str(SQL_DIR))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+        (command.downgrade if down else command.upgrade)(config, revision)
         yield conn
+
+
+# rows as revisions 0003 to 0010 stored them, by resource id
+COST_BY_ID = (
+    "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
+    "meter_category, subscription_id, resource_group, cost, currency) VALUES "
+    "('query', 0, :rid, :day, 'ActualCost', 'Virtual Machines', 's', 'rg', 1.5, 'EUR')"
+)
+HOUR_BY_ID = (
+    "INSERT INTO metrics_hourly (resource_id, metric, ts, average) VALUES (:rid, 'cpu', :ts, 3.5)"
+)
 
 
 def test_migration_0003_keeps_the_cost_history(db_url):
@@ -141,21 +152,8 @@ def test_migration_0007_keeps_the_time_series(db_url):
 
     engine = engine_for(db_url)
     with _at_revision(engine, "0006") as conn:
-        conn.execute(
-            text(
-                "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
-                "meter_category, subscription_id, resource_group, cost, currency) VALUES "
-                "('query', 0, :rid, :day, 'ActualCost', 'Virtual Machines', 's', 'rg', 1.5, 'EUR')"
-            ),
-            {"rid": RID, "day": date(2026, 11, 1)},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO metrics_hourly (resource_id, metric, ts, average) VALUES "
-                "(:rid, 'cpu', :ts, 3.5)"
-            ),
-            {"rid": RID, "ts": datetime(2026, 11, 1, 5)},
-        )
+        conn.execute(text(COST_BY_ID), {"rid": RID, "day": date(2026, 11, 1)})
+        conn.execute(text(HOUR_BY_ID), {"rid": RID, "ts": datetime(2026, 11, 1, 5)})
     upgrade(engine)
     with engine.connect() as conn:
         costs = series.by_resource_id(schema.costs_daily)
@@ -181,29 +179,14 @@ def test_migration_0007_keeps_the_time_series(db_url):
 
 def test_migration_0011_keys_the_time_series_by_resource_and_back(db_url):
     """0011 gives each resource id of both time series one key; downgraded, the ids are back."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
-
-    from finops.store.db import SQL_DIR
 
     other = RID.replace("vm1", "vm2")
     engine = engine_for(db_url)
     with _at_revision(engine, "0010") as conn:
+        conn.execute(text(COST_BY_ID), [{"rid": r, "day": date(2026, 11, 1)} for r in (RID, other)])
         conn.execute(
-            text(
-                "INSERT INTO costs_daily (source, file_id, resource_id, usage_date, cost_type, "
-                "meter_category, subscription_id, resource_group, cost, currency) VALUES "
-                "('query', 0, :rid, :day, 'ActualCost', 'Virtual Machines', 's', 'rg', 1.5, 'EUR')"
-            ),
-            [{"rid": rid, "day": date(2026, 11, 1)} for rid in (RID, other)],
-        )
-        conn.execute(
-            text(
-                "INSERT INTO metrics_hourly (resource_id, metric, ts, average) VALUES "
-                "(:rid, 'cpu', :ts, 3.5)"
-            ),
-            [{"rid": RID, "ts": datetime(2026, 11, 1, h)} for h in range(3)],
+            text(HOUR_BY_ID), [{"rid": RID, "ts": datetime(2026, 11, 1, h)} for h in range(3)]
         )
     upgrade(engine)
     with engine.connect() as conn:
@@ -215,12 +198,7 @@ def test_migration_0011_keys_the_time_series_by_resource_and_back(db_url):
         assert sorted(r.resource_id for r in conn.execute(costs)) == [RID, other]
         stored = conn.execute(select(schema.metrics_hourly.c.resource_key)).scalars().all()
         assert stored == [keys[RID]] * 3
-    config = Config()
-    config.set_main_option("script_location", str(SQL_DIR))
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0010")
-    with engine.connect() as conn:
+    with _at_revision(engine, "0010", down=True) as conn:
         rows = conn.exec_driver_sql("SELECT resource_id, cost FROM costs_daily").all()
         assert sorted((rid, float(cost)) for rid, cost in rows) == [(RID, 1.5), (other, 1.5)]
         hours = conn.exec_driver_sql("SELECT resource_id FROM metrics_hourly").scalars().all()
