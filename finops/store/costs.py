@@ -49,10 +49,10 @@ def counted() -> Subquery:
 
 
 def by_500(resource_ids: Iterable[str]) -> Iterator[list[str]]:
-    """Resource ids in sorted lists of 500, to filter the cost and metrics tables with, a list
-    at a time: memory stays flat, and a list of values reaches each arm of `counted()` and seeks
-    its primary key, where SQLite filters by a subquery only after reading every stored row of
-    both arms."""
+    """Resource ids in sorted lists of 500, whose keys (`series.keys`) filter the cost and
+    metrics tables a list at a time: memory stays flat, and a list of values reaches each arm
+    of `counted()` and seeks its primary key, where SQLite filters by a subquery only after
+    reading every stored row of both arms."""
     ordered = sorted(resource_ids)
     for start in range(0, len(ordered), 500):
         yield ordered[start : start + 500]

@@ -99,12 +99,12 @@ def _executemany_upsert(
     # insert took a third longer
     resource_keys = ResourceKeys()
     values = _converter(conn, table, compiled.positiontup, resource_keys.known.__getitem__)
-    keyed = RESOURCE_KEY in table.c
+    sql, keyed = str(compiled), RESOURCE_KEY in table.c
     for chunk in chunks:
         if keyed:
             resource_keys.cover(conn, {row[RESOURCE_ID] for row in chunk})
         # one key twice in one chunk: the second updates the first, as a second statement would
-        conn.exec_driver_sql(str(compiled), [values(row) for row in chunk])
+        conn.exec_driver_sql(sql, [values(row) for row in chunk])
 
 
 def _converter(

@@ -23,7 +23,8 @@ def by_resource_id(table: Table) -> Select:
 
 
 def keys(conn: Connection, resource_ids: list[str]) -> list[int]:
-    """The keys of those of the resource ids (a list of at most 500) the store has seen."""
+    """The keys of those of the resource ids the store has seen (lists from `by_500` stay
+    well under SQLite's limit of bound values)."""
     r = schema.resources
     return conn.execute(select(r.c.id).where(r.c.resource_id.in_(resource_ids))).scalars().all()
 
