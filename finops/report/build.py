@@ -15,7 +15,8 @@ from finops.config import Settings
 from finops.rules import registry
 from finops.rules.common import CENTS, money
 from finops.store import schema, series
-from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, by_500, counted, spend_type
+from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, QUERY, counted, spend_type
+from finops.store.series import by_500
 
 TREND_DAYS = 30
 YEARLY = "yearly-reservation"

@@ -14,7 +14,8 @@ from finops.catalog import CATALOG_CURRENCY, HOURS_PER_MONTH, gpu_size
 from finops.config import RuleSettings
 from finops.rules import RunContext
 from finops.store import schema, series
-from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
+from finops.store.costs import ACTUAL, AMORTIZED, counted
+from finops.store.series import by_500
 
 BILLED_DAYS = 7
 COMPUTE_METER = "Virtual Machines"

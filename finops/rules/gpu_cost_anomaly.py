@@ -16,7 +16,8 @@ from finops.config import Settings
 from finops.rules import Finding, RunContext
 from finops.rules.common import money
 from finops.store import schema, series
-from finops.store.costs import by_500, counted, spend_type
+from finops.store.costs import counted, spend_type
+from finops.store.series import by_500
 
 ID = "gpu-cost-anomaly"
 TITLE = "GPU spend jumped"

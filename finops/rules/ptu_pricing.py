@@ -19,7 +19,8 @@ from finops.config import Settings
 from finops.rules import RunContext
 from finops.rules.common import percentile
 from finops.store import schema, series
-from finops.store.costs import ACTUAL, AMORTIZED, by_500, counted
+from finops.store.costs import ACTUAL, AMORTIZED, counted
+from finops.store.series import by_500
 
 BASES = ("hourly", "monthly-reservation", "yearly-reservation")
 MILLION = Decimal(1_000_000)

@@ -7,7 +7,6 @@ subscription's day it is the bill and counts; otherwise the Query API's rows cou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from datetime import date
 
 from sqlalchemy import Connection, Subquery, select, union_all
@@ -46,16 +45,6 @@ def counted() -> Subquery:
         by_resource_id(c).where(c.c.source == FOCUS),
         by_resource_id(c).where(c.c.source == QUERY, c.c.file_id == 0, ~covered),
     ).subquery("counted_costs")
-
-
-def by_500(resource_ids: Iterable[str]) -> Iterator[list[str]]:
-    """Resource ids in sorted lists of 500, whose keys (`series.keys`) filter the cost and
-    metrics tables a list at a time: memory stays flat, and a list of values reaches each arm
-    of `counted()` and seeks its primary key, where SQLite filters by a subquery only after
-    reading every stored row of both arms."""
-    ordered = sorted(resource_ids)
-    for start in range(0, len(ordered), 500):
-        yield ordered[start : start + 500]
 
 
 def spend_type(conn: Connection, first: date, end: date) -> str:

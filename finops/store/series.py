@@ -5,6 +5,8 @@ it by."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from sqlalchemy import Connection, Select, Subquery, Table, insert, select
 
 from finops.store import schema
@@ -20,6 +22,16 @@ def by_resource_id(table: Table) -> Select:
     return select(*table.columns, r.c.resource_id).join_from(
         table, r, r.c.id == table.c.resource_key
     )
+
+
+def by_500(resource_ids: Iterable[str]) -> Iterator[list[str]]:
+    """Resource ids in sorted lists of 500, whose keys (`keys`) filter the cost and
+    metrics tables a list at a time: memory stays flat, and a list of values reaches each arm
+    of `counted()` and seeks its primary key, where SQLite filters by a subquery only after
+    reading every stored row of both arms."""
+    ordered = sorted(resource_ids)
+    for start in range(0, len(ordered), 500):
+        yield ordered[start : start + 500]
 
 
 def keys(conn: Connection, resource_ids: list[str]) -> list[int]:
@@ -50,9 +62,7 @@ class ResourceKeys:
             known.clear()
             missing = ids
         r = schema.resources
-        ordered = sorted(missing)
-        for start in range(0, len(ordered), 500):
-            batch = ordered[start : start + 500]
+        for batch in by_500(missing):
             found = conn.execute(select(r.c.resource_id, r.c.id).where(r.c.resource_id.in_(batch)))
             known.update(found.all())
             new = [{"resource_id": i} for i in batch if i not in known]
