@@ -198,10 +198,13 @@ def _collect(
         if sub_ids and regions:
             with tolerated(night, "vm sizes", "all regions"):
                 night.vm_sizes = inventory.vm_sizes(clients, sub_ids[0], regions)
-        in_regions: dict[str, set[str]] = {sub: set() for sub in sub_ids}
-        for sub, region, _ in placed:
-            in_regions[sub].add(region)
-        tasks = [(sub, in_regions[sub]) for sub in sub_ids]
+        gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
+        # quotas matter where GPU VMs are (gpu-quota-near-limit), not in every region in use
+        gpu_regions: dict[str, set[str]] = defaultdict(set)
+        for sub, region, size in placed:
+            if size.lower() in gpu_sizes:
+                gpu_regions[sub].add(region)
+        tasks = [(sub, gpu_regions[sub]) for sub in sub_ids if gpu_regions[sub]]
         each_sub = [(sub,) for sub in sub_ids]
         for (sub, _), result in in_parallel(tasks, partial(inventory.quotas, clients)):
             with tolerated(night, "quotas", f"subscription {sub}"):
@@ -216,7 +219,6 @@ def _collect(
             quotas=len(night.quotas),
             regions=len(regions),
         )
-    gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
     gpu_vms = [
         {"resource_id": rid, "subscription_id": sub, "location": region, "size": size}
         for (sub, region, size), ids in placed.items()

@@ -225,6 +225,20 @@ def test_collection_makes_no_call_per_vm(estate):
     assert counts[600] < 600 / 5
 
 
+def test_quotas_are_asked_for_only_where_gpu_vms_are():
+    """gpu-quota-near-limit judges quotas where GPU VMs are: one usage list per subscription
+    and region that holds one, none for regions with only other VMs."""
+    estate = Estate(seed=7, vms=80, subscriptions=10, regions=4, gpu_share=0.1)
+    with SimServer(estate) as server:
+        settings = sim_settings(server)
+        night = collect(AzureClients(StaticTokenCredential(), settings.azure), settings, estate.now)
+        asked = server.requests["usages"]
+    gpu_places = {(vm.subscription_id, vm.location) for vm in estate.vms if vm.is_gpu}
+    all_places = {(vm.subscription_id, vm.location) for vm in estate.vms}
+    assert asked == len(gpu_places) < len(all_places)
+    assert {(q["subscription_id"], q["location"]) for q in night.quotas} == gpu_places
+
+
 def test_unexpected_api_shapes_are_stored_and_judged_safely(world):
     """A power state the job does not know, one Azure left out, a size neither the SKU API
     nor the catalog lists, a VM without tags, an id in upper case: the night stores them all,

@@ -2,8 +2,8 @@
 managed disks.
 
 Calls per night: two paged VM lists per subscription (full, then status-only, joined on id),
-one SKU list per region in use, one usage list per subscription and region, one schedule
-list and one disk list per subscription. Never a call per VM.
+one SKU list per region in use, one usage list per subscription and region with GPU VMs, one
+schedule list and one disk list per subscription. Never a call per VM.
 """
 
 from __future__ import annotations
