@@ -174,26 +174,39 @@ def _collect(
         night.subscriptions = inventory.subscriptions(clients, settings.subscriptions)
         info["subscriptions"] = len(night.subscriptions)
 
-    def inventory_of(sub: str) -> tuple[list[Row], list[Row], list[Row]]:
-        vms, schedules = inventory.vms(clients, sub), inventory.schedules(clients, sub)
-        return vms, schedules, inventory.resource_groups(clients, sub)
-
-    sub_ids = []
+    sub_ids: list[str] = []
     # VM ids by subscription, region and size: what the rest of the night needs of the VMs,
     # which themselves go to the spool
     placed: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     with step("collect inventory") as info:
-        subs = [(s["subscription_id"],) for s in night.subscriptions]
-        for (sub,), result in in_parallel(subs, inventory_of):
-            with tolerated(night, "inventory", f"subscription {sub}"):
-                vms, schedules, groups = result()
-                night.vms.extend(vms)
-                night.schedules += schedules
-                night.resource_groups += groups
-                sub_ids.append(sub)
-                for vm in vms:
-                    key = (vm["subscription_id"], vm["location"], vm["size"])
-                    placed[key].append(vm["resource_id"])
+        subs = [s["subscription_id"] for s in night.subscriptions]
+        scope = f"{len(subs)} subscriptions"
+        queries = [
+            (inventory.vms, Spool),
+            (inventory.schedules, list),
+            (inventory.resource_groups, list),
+            (inventory.disks, Spool),
+        ]
+        answers: dict[Callable, Any] = {}
+
+        def listed(query: Callable, keep: Callable) -> Any:
+            return keep(query(clients, subs))
+
+        for (query, _), result in in_parallel(queries, listed):
+            # VMs without their schedules would all look unscheduled: none of the three is
+            # stored without the others
+            source = "disks" if query is inventory.disks else "inventory"
+            with tolerated(night, source, scope):
+                answers[query] = result()
+        if all(q in answers for q, _ in queries[:3]):
+            night.vms = answers[inventory.vms]
+            night.schedules = answers[inventory.schedules]
+            night.resource_groups = answers[inventory.resource_groups]
+            night.disks = answers.get(inventory.disks, night.disks)
+            sub_ids = subs
+            for vm in night.vms:
+                key = (vm["subscription_id"], vm["location"], vm["size"])
+                placed[key].append(vm["resource_id"])
         regions = {region for _, region, _ in placed}
         if sub_ids and regions:
             with tolerated(night, "vm sizes", "all regions"):
@@ -205,13 +218,9 @@ def _collect(
             if size.lower() in gpu_sizes:
                 gpu_regions[sub].add(region)
         tasks = [(sub, gpu_regions[sub]) for sub in sub_ids if gpu_regions[sub]]
-        each_sub = [(sub,) for sub in sub_ids]
         for (sub, _), result in in_parallel(tasks, partial(inventory.quotas, clients)):
             with tolerated(night, "quotas", f"subscription {sub}"):
                 night.quotas += result()
-        for (sub,), result in in_parallel(each_sub, partial(inventory.disks, clients)):
-            with tolerated(night, "disks", f"subscription {sub}"):
-                night.disks.extend(result())
         info.update(
             vms=len(night.vms),
             disks=len(night.disks),
@@ -249,11 +258,12 @@ def _collect(
 
     with step("collect AI deployments") as info:
         accounts: list[Row] = []
-        for (sub,), result in in_parallel(each_sub, partial(openai.deployments, clients)):
-            with tolerated(night, "ai deployments", f"subscription {sub}"):
-                found_accounts, found = result()
-                accounts += found_accounts
-                night.ai_deployments += found
+        with tolerated(night, "ai deployments", f"{len(sub_ids)} subscriptions"):
+            accounts = openai.accounts(clients, sub_ids) if sub_ids else []
+        listed = [(a,) for a in accounts]
+        for (account,), result in in_parallel(listed, partial(openai.deployments, clients)):
+            with tolerated(night, "ai deployments", f"account {account['resource_id']}"):
+                night.ai_deployments += result()
         points = len(night.metrics)
         for (region, ids), result in in_parallel(metrics.batches(accounts), ai_metrics):
             chosen = set(ids)

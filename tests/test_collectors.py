@@ -33,24 +33,39 @@ def test_configured_subscription_that_is_not_visible_is_a_clear_error(clients):
         inventory.subscriptions(clients, ["00000000-0000-0000-0000-000000000000"])
 
 
-def test_vms_join_power_state_tags_size_across_pages(clients, estate, sim):
-    sub = _sub(estate)
-    before = sim.requests["vms"]
-    rows = {r["resource_id"]: r for r in inventory.vms(clients, sub)}
-    expected = estate.vms_in(sub)
-    assert len(rows) == len(expected)
-    # page size 10: both the full and the status-only list are paged by nextLink
-    pages = -(-len(expected) // sim.page_size)
-    assert sim.requests["vms"] - before == 2 * pages
-    for vm in expected:
+def _all_subs(estate: Estate) -> list[str]:
+    return [s.subscription_id for s in estate.subscriptions]
+
+
+def test_vms_of_every_subscription_come_from_resource_graph_pages(clients, estate, sim):
+    before = sim.requests["graph"]
+    rows = {r["resource_id"]: r for r in inventory.vms(clients, _all_subs(estate))}
+    assert len(rows) == len(estate.vms)
+    # page size 25: one query over all subscriptions, paged by $skipToken
+    assert sim.requests["graph"] - before == -(-len(estate.vms) // sim.page_size) > 1
+    for vm in estate.vms:
         row = rows[vm.id.lower()]
-        assert row["power_state"] == vm.power_state
+        assert row["power_state"] == (vm.power_state or "unknown")
         assert row["size"] == vm.size
         assert row["tags"] == vm.tags
         assert row["priority"] == vm.priority
-        assert row["os_type"] == "Linux"
+        assert row["os_type"] == vm.os_type
+        assert row["subscription_id"] == vm.subscription_id.lower()
         assert row["resource_group"] == vm.resource_group
         assert row["resource_id"] == row["resource_id"].lower()
+
+
+def test_resource_graph_answers_only_the_subscriptions_asked_for(clients, estate):
+    sub = _sub(estate, 1)
+    rows = list(inventory.vms(clients, [sub]))
+    assert {r["resource_id"] for r in rows} == {vm.id.lower() for vm in estate.vms_in(sub)}
+
+
+def test_a_query_the_simulator_cannot_answer_is_refused(clients, estate):
+    from finops.azure import graph
+
+    with pytest.raises(HttpResponseError, match="does not answer"):
+        list(graph.query(clients, _all_subs(estate), "Resources | summarize count()"))
 
 
 def test_vm_sizes_carry_gpu_facts_from_skus_and_catalog(clients, estate):
@@ -75,27 +90,36 @@ def test_quotas_keep_gpu_families_only_with_usage_and_limit(clients, estate):
     assert (story["current_value"], story["limit"]) == (8 * 96, 800)
 
 
-def test_schedules_are_listed_once_per_subscription(clients, estate, sim):
-    sub = _sub(estate, 2)
-    before = sim.requests["schedules"]
-    rows = {r["resource_id"]: r for r in inventory.schedules(clients, sub)}
-    expected = {vm.id.lower(): vm.schedule for vm in estate.vms_in(sub) if vm.schedule}
+def test_schedules_are_one_query_and_name_the_vm_they_stop(clients, estate, sim):
+    before = sim.requests["graph"]
+    rows = {r["resource_id"]: r for r in inventory.schedules(clients, _all_subs(estate))}
+    expected = {vm.id.lower(): vm.schedule for vm in estate.vms if vm.schedule}
     assert {rid: r["status"] for rid, r in rows.items()} == expected
-    assert sim.requests["schedules"] - before == -(-len(expected) // sim.page_size)
+    assert sim.requests["graph"] - before == -(-len(expected) // sim.page_size)
+    story = next(vm for vm in estate.vms if vm.schedule)
+    row = rows[story.id.lower()]
+    assert (row["daily_time"], row["time_zone"]) == (story.schedule_time, story.schedule_time_zone)
+    assert row["schedule_id"].endswith(f"/shutdown-computevm-{story.name}".lower())
+
+
+def test_resource_groups_carry_their_tags(clients, estate):
+    rows = inventory.resource_groups(clients, _all_subs(estate))
+    tagged = {(r["subscription_id"], r["name"]): r["tags"] for r in rows}
+    for (sub, group), tags in estate.group_tags.items():
+        assert tagged[(sub.lower(), group.lower())] == tags
 
 
 def test_disks_carry_their_state_owner_and_when_it_changed(clients, estate, sim):
-    sub = _sub(estate)
-    before = sim.requests["disks"]
-    rows = {r["name"]: r for r in inventory.disks(clients, sub)}
-    expected = estate.disks_in(sub)
+    before = sim.requests["graph"]
+    rows = {r["name"]: r for r in inventory.disks(clients, _all_subs(estate))}
+    expected = [d for sub in _all_subs(estate) for d in estate.disks_in(sub)]
     assert set(rows) == {d.name for d in expected}
-    assert sim.requests["disks"] - before == -(-len(expected) // sim.page_size)
+    assert sim.requests["graph"] - before == -(-len(expected) // sim.page_size)
     for disk in expected:
         row = rows[disk.name]
         assert row["state"] == disk.state and row["size_gb"] == disk.size_gb
         assert row["managed_by"] == (disk.vm.id.lower() if disk.vm else None)
-        # Azure spells this one field with a capital L; the SDK reads it that way
+        # Azure spells this one field with a capital L
         assert row["owner_changed"] == estate.now - timedelta(hours=disk.owner_changed_h)
     assert rows["ckpt-a100-2026-10"]["state"] == "Unattached"
     assert rows["train-nc-a100-parked-data"]["state"] == "Reserved"
@@ -129,7 +153,8 @@ def test_retail_prices_per_size_and_region_across_pages(sim):
 
 
 def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):
-    vms = [r for r in inventory.vms(clients, _sub(estate)) if r["name"].startswith("train-nd-a100")]
+    found = inventory.vms(clients, [_sub(estate)])
+    vms = [r for r in found if r["name"].startswith("train-nd-a100")]
     end = estate.now
     before = sim.requests["metrics"]
     rows = list(metrics.hourly(clients, vms, end - timedelta(days=7), end))
@@ -154,9 +179,7 @@ def test_metrics_batches_hold_at_most_50_vms_of_one_region(sim, estate):
     with SimServer(big, page_size=1000) as server:
         settings = sim_settings(server)
         clients = AzureClients(StaticTokenCredential(), settings.azure)
-        vms = []
-        for sub in big.subscriptions:
-            vms += inventory.vms(clients, sub.subscription_id)
+        vms = list(inventory.vms(clients, _all_subs(big)))
         list(metrics.hourly(clients, vms, big.now - timedelta(hours=2), big.now))
         groups = {(vm["subscription_id"], vm["location"]) for vm in vms}
         expected = sum(

@@ -77,7 +77,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_a_second_night_is_refused_while_one_runs(db_url, sim, tmp_path):
     env = sim_env(sim, db_url)
-    sim.inject(Fault("vms", delay=6.0, count=1))  # the first night takes a while
+    sim.inject(Fault("graph", delay=6.0, count=1))  # the first night takes a while
     first = start(["run"], tmp_path, env)
     wait_for(lambda: ("running", None) in statuses(db_url), 60, "the first night to start")
     second = finops("run", cwd=tmp_path, env=env)
@@ -94,7 +94,7 @@ def test_a_second_night_is_refused_while_one_runs(db_url, sim, tmp_path):
 
 def test_a_killed_night_frees_the_lock_and_is_marked_failed(db_url, sim, tmp_path):
     env = sim_env(sim, db_url)
-    sim.inject(Fault("vms", delay=30.0, count=1))
+    sim.inject(Fault("graph", delay=30.0, count=1))
     killed = start(["run"], tmp_path, env)
     wait_for(lambda: ("running", None) in statuses(db_url), 60, "the night to start")
     killed.send_signal(signal.SIGKILL)

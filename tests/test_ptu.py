@@ -261,12 +261,9 @@ def test_collectors_list_accounts_and_deployments_without_a_call_per_deployment(
     clients, sim, estate
 ):
     before = dict(sim.requests)
-    accounts, deployments = [], []
-    for sub in estate.subscriptions:
-        a, d = openai.deployments(clients, sub.subscription_id)
-        accounts += a
-        deployments += d
-    assert sim.requests["ai-accounts"] - before.get("ai-accounts", 0) == 3
+    accounts = openai.accounts(clients, [s.subscription_id for s in estate.subscriptions])
+    deployments = [d for account in accounts for d in openai.deployments(clients, account)]
+    assert sim.requests["graph"] - before.get("graph", 0) == 1
     assert sim.requests["ai-deployments"] - before.get("ai-deployments", 0) == len(accounts) == 2
     by_name = {d["name"]: d for d in deployments}
     assert len(by_name) == sum(len(a.deployments) for a in estate.ai_accounts)

@@ -25,6 +25,7 @@ from azure.mgmt.costmanagement import CostManagementClient
 from azure.mgmt.devtestlabs import DevTestLabsClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 from azure.mgmt.resource.subscriptions import SubscriptionClient
+from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.monitor.querymetrics import MetricsClient
 
 from finops.azure.retry import FinopsRetryPolicy
@@ -92,6 +93,7 @@ class AzureClients:
         self.costs = cache(self._costs)
         self.cognitive = cache(self._cognitive)
         self.metrics = cache(self._metrics)
+        self.graph = cache(self._graph)
 
     def options(self) -> dict[str, Any]:
         """Client options: endpoint, trust, timeouts, and a retry policy of its own."""
@@ -119,6 +121,9 @@ class AzureClients:
 
     def _costs(self) -> CostManagementClient:
         return CostManagementClient(self.credential, **self.options())
+
+    def _graph(self) -> ResourceGraphClient:
+        return ResourceGraphClient(self.credential, **self.options())
 
     def actor(self) -> str:
         """Who the credential is (user, app or managed identity), read from its token's claims;

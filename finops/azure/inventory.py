@@ -1,26 +1,19 @@
 """VMs with power state and tags, GPU facts per size, GPU-family quotas, auto-shutdown schedules,
-managed disks.
+resource groups, managed disks.
 
-Calls per night: two paged VM lists per subscription (full, then status-only, joined on id),
-one SKU list per region in use, one usage list per subscription and region with GPU VMs, one
-schedule list and one disk list per subscription. Never a call per VM.
+Calls per night: VMs, schedules, resource groups and disks each one Resource Graph query over
+every subscription (1,000 rows a page); one SKU list per region in use; one usage list per
+subscription and region with GPU VMs. Never a call per VM.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
-from azure.mgmt.compute.operations._operations import (
-    build_disks_list_request as list_disks_request,
-)
-from azure.mgmt.compute.operations._operations import (
-    build_virtual_machines_list_all_request as list_vms_request,
-)
-
-from finops.azure.clients import AzureClients, list_items
+from finops.azure import graph
+from finops.azure.clients import AzureClients
 from finops.catalog import gpu_size
 from finops.collection import Row
 
@@ -52,12 +45,10 @@ def subscriptions(clients: AzureClients, configured: list[str]) -> list[Row]:
     return [{"subscription_id": s, "display_name": visible[s]} for s in wanted]
 
 
-def _power_state(statuses: Iterable[dict[str, Any]] | None) -> str:
-    for status in statuses or ():
-        code = str(status.get("code") or "").lower()
-        if code.startswith("powerstate/"):
-            return code.split("/", 1)[1]
-    return "unknown"
+def _power_state(code: str | None) -> str:
+    """`PowerState/running` -> `running`; unknown where Azure gives none."""
+    code = (code or "").lower()
+    return code.split("/", 1)[1] if code.startswith("powerstate/") else "unknown"
 
 
 def _resource_group(resource_id: str) -> str:
@@ -74,37 +65,34 @@ def _time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def vms(clients: AzureClients, subscription_id: str) -> list[Row]:
-    """The subscription's VMs: the full list joined on id with the status-only list, both as
-    the SDK requests them, read as JSON (10k VMs: 0.5 s of CPU, against 4.9 s through the
-    SDK's models)."""
-    client = clients.compute(subscription_id)
-    states = {
-        vm["id"].lower(): _power_state(
-            ((vm.get("properties") or {}).get("instanceView") or {}).get("statuses")
-        )
-        for vm in list_items(client, list_vms_request(subscription_id, status_only="true"))
-    }
-    rows = []
-    for vm in list_items(client, list_vms_request(subscription_id)):
-        props = vm.get("properties") or {}
-        os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
-        rid = vm["id"].lower()
-        rows.append(
-            {
-                "resource_id": rid,
-                "name": vm.get("name"),
-                "subscription_id": subscription_id.lower(),
-                "resource_group": _resource_group(vm["id"]),
-                "location": (vm.get("location") or "").lower(),
-                "size": (props.get("hardwareProfile") or {}).get("vmSize") or "unknown",
-                "power_state": states.get(rid, "unknown"),
-                "os_type": os_disk.get("osType") or "unknown",
-                "priority": props.get("priority") or "Regular",
-                "tags": dict(vm.get("tags") or {}),
-            }
-        )
-    return rows
+VMS = """Resources
+| where type =~ 'microsoft.compute/virtualmachines'
+| project id, name, location, tags, size = properties.hardwareProfile.vmSize,
+  powerState = properties.extended.instanceView.powerState.code,
+  osType = properties.storageProfile.osDisk.osType, priority = properties.priority"""
+
+
+def _subscription_of(resource_id: str) -> str:
+    return resource_id.split("/")[2].lower()
+
+
+def vms(clients: AzureClients, subscriptions: list[str]) -> Iterator[Row]:
+    """The subscriptions' VMs with their power state, from Resource Graph, page by page."""
+    return (
+        {
+            "resource_id": vm["id"].lower(),
+            "name": vm.get("name"),
+            "subscription_id": _subscription_of(vm["id"]),
+            "resource_group": _resource_group(vm["id"]),
+            "location": (vm.get("location") or "").lower(),
+            "size": vm.get("size") or "unknown",
+            "power_state": _power_state(vm.get("powerState")),
+            "os_type": vm.get("osType") or "unknown",
+            "priority": vm.get("priority") or "Regular",
+            "tags": dict(vm.get("tags") or {}),
+        }
+        for vm in graph.query(clients, subscriptions, VMS)
+    )
 
 
 def vm_sizes(clients: AzureClients, subscription_id: str, regions: Iterable[str]) -> list[Row]:
@@ -152,59 +140,66 @@ def quotas(clients: AzureClients, subscription_id: str, regions: Iterable[str]) 
     return rows
 
 
-def schedules(clients: AzureClients, subscription_id: str) -> list[Row]:
-    rows = []
-    for schedule in clients.devtestlabs(subscription_id).global_schedules.list_by_subscription():
-        if (schedule.task_type or "").lower() != "computevmshutdowntask":
-            continue
-        if not schedule.target_resource_id:
-            continue
-        daily = schedule.daily_recurrence
-        rows.append(
-            {
-                "resource_id": schedule.target_resource_id.lower(),
-                "schedule_id": schedule.id.lower(),
-                "status": schedule.status or "Disabled",
-                "daily_time": daily.time if daily else None,
-                "time_zone": schedule.time_zone_id or "UTC",
-            }
-        )
-    return rows
+SCHEDULES = """Resources
+| where type =~ 'microsoft.devtestlab/schedules'
+| where properties.taskType =~ 'ComputeVmShutdownTask'
+| project id, target = properties.targetResourceId, status = properties.status,
+  time = properties.dailyRecurrence.time, timeZone = properties.timeZoneId"""
 
 
-def resource_groups(clients: AzureClients, subscription_id: str) -> list[Row]:
-    """The subscription's resource groups with their tags (one paged list)."""
+def schedules(clients: AzureClients, subscriptions: list[str]) -> list[Row]:
+    """Auto-shutdown schedules (DevTest Labs `shutdown-computevm-<vm>`) and the VMs they stop."""
     return [
         {
-            "subscription_id": subscription_id,
-            "name": group.name.lower(),
-            "tags": dict(group.tags or {}),
+            "resource_id": schedule["target"].lower(),
+            "schedule_id": schedule["id"].lower(),
+            "status": schedule.get("status") or "Disabled",
+            "daily_time": schedule.get("time"),
+            "time_zone": schedule.get("timeZone") or "UTC",
         }
-        for group in clients.resources(subscription_id).resource_groups.list()
+        for schedule in graph.query(clients, subscriptions, SCHEDULES)
+        if schedule.get("target")
     ]
 
 
-def disks(clients: AzureClients, subscription_id: str) -> list[Row]:
-    """The subscription's managed disks with their attachment state (one paged list, as the SDK
-    requests it, read as JSON like the VMs: 10k disks 0.24 s of CPU against 3.0 s)."""
-    rows = []
-    for disk in list_items(clients.compute(subscription_id), list_disks_request(subscription_id)):
-        props = disk.get("properties") or {}
-        # Azure capitalises this one on the wire; the SDK reads that spelling
-        changed = props.get("LastOwnershipUpdateTime") or props.get("lastOwnershipUpdateTime")
-        rows.append(
-            {
-                "resource_id": disk["id"].lower(),
-                "name": disk.get("name"),
-                "subscription_id": subscription_id.lower(),
-                "resource_group": _resource_group(disk["id"]),
-                "location": (disk.get("location") or "").lower(),
-                "sku": (disk.get("sku") or {}).get("name") or "unknown",
-                "size_gb": int(props.get("diskSizeGB") or 0),
-                "state": props.get("diskState") or "unknown",
-                "managed_by": disk["managedBy"].lower() if disk.get("managedBy") else None,
-                "owner_changed": _time(changed),
-                "tags": dict(disk.get("tags") or {}),
-            }
-        )
-    return rows
+RESOURCE_GROUPS = """ResourceContainers
+| where type =~ 'microsoft.resources/subscriptions/resourcegroups'
+| project id, name, tags"""
+
+
+def resource_groups(clients: AzureClients, subscriptions: list[str]) -> list[Row]:
+    """The subscriptions' resource groups with their tags."""
+    return [
+        {
+            "subscription_id": _subscription_of(group["id"]),
+            "name": group["name"].lower(),
+            "tags": dict(group.get("tags") or {}),
+        }
+        for group in graph.query(clients, subscriptions, RESOURCE_GROUPS)
+    ]
+
+
+# Azure capitalises LastOwnershipUpdateTime on the wire; the other spelling is read too
+DISKS = """Resources
+| where type =~ 'microsoft.compute/disks'
+| project id, name, location, tags, managedBy, sku = sku.name, sizeGb = properties.diskSizeGB,
+  state = properties.diskState, changed = properties.LastOwnershipUpdateTime,
+  changedLower = properties.lastOwnershipUpdateTime"""
+
+
+def disks(clients: AzureClients, subscriptions: list[str]) -> Iterator[Row]:
+    """The subscriptions' managed disks with their attachment state, page by page."""
+    for disk in graph.query(clients, subscriptions, DISKS):
+        yield {
+            "resource_id": disk["id"].lower(),
+            "name": disk.get("name"),
+            "subscription_id": _subscription_of(disk["id"]),
+            "resource_group": _resource_group(disk["id"]),
+            "location": (disk.get("location") or "").lower(),
+            "sku": disk.get("sku") or "unknown",
+            "size_gb": int(disk.get("sizeGb") or 0),
+            "state": disk.get("state") or "unknown",
+            "managed_by": disk["managedBy"].lower() if disk.get("managedBy") else None,
+            "owner_changed": _time(disk.get("changed") or disk.get("changedLower")),
+            "tags": dict(disk.get("tags") or {}),
+        }

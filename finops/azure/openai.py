@@ -1,15 +1,16 @@
 """Azure OpenAI (and AI Services) accounts, their model deployments, and hourly per-deployment
 metrics: provisioned-managed utilization (V2), prompt and generated tokens, throttled requests.
 
-Accounts are listed once per subscription, deployments once per account (there is no
-subscription-wide list); metrics go through the batch API, 50 accounts a call, split by the
-`ModelDeploymentName` dimension, so no call is made per deployment.
+Accounts come from one Resource Graph query over every subscription, deployments from one list
+per account (there is no wider list); metrics go through the batch API, 50 accounts a call,
+split by the `ModelDeploymentName` dimension, so no call is made per deployment.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from finops.azure import graph
 from finops.azure.clients import AzureClients
 from finops.azure.metrics import points, query_batch
 from finops.collection import Row
@@ -39,41 +40,49 @@ OUR_NAMES = {
 }
 
 
-def deployments(clients: AzureClients, subscription_id: str) -> tuple[list[Row], list[Row]]:
-    """(accounts, deployments) of kind OpenAI or AIServices in one subscription."""
-    client = clients.cognitive(subscription_id)
-    accounts, found = [], []
-    for account in client.accounts.list():
-        if (account.kind or "").lower() not in KINDS:
-            continue
-        account_id = account.id.lower()
-        sub, group = scope_of(account_id)
-        accounts.append(
+ACCOUNTS = """Resources
+| where type =~ 'microsoft.cognitiveservices/accounts'
+| project id, name, kind, location"""
+
+
+def accounts(clients: AzureClients, subscriptions: list[str]) -> list[Row]:
+    """The subscriptions' accounts of kind OpenAI or AIServices, from Resource Graph."""
+    return [
+        {
+            "resource_id": account["id"].lower(),
+            "subscription_id": scope_of(account["id"].lower())[0],
+            "name": account["name"],
+            "kind": account.get("kind"),
+            "location": (account.get("location") or "").lower().replace(" ", ""),
+        }
+        for account in graph.query(clients, subscriptions, ACCOUNTS)
+        if (account.get("kind") or "").lower() in KINDS
+    ]
+
+
+def deployments(clients: AzureClients, account: Row) -> list[Row]:
+    """One account's model deployments (there is no list across accounts)."""
+    sub, group = scope_of(account["resource_id"])
+    found = []
+    for d in clients.cognitive(sub).deployments.list(group, account["name"]):
+        model = d.properties.model if d.properties else None
+        found.append(
             {
-                "resource_id": account_id,
+                "resource_id": d.id.lower(),
+                "account_id": account["resource_id"],
+                "account_name": account["name"],
                 "subscription_id": sub,
-                "location": (account.location or "").lower().replace(" ", ""),
+                "resource_group": group,
+                "location": account["location"],
+                "kind": account["kind"],
+                "name": d.name,
+                "model": (model.name if model else "") or "",
+                "model_version": (model.version if model else "") or "",
+                "sku": d.sku.name if d.sku else "",
+                "capacity": int(d.sku.capacity or 0) if d.sku else 0,
             }
         )
-        for d in client.deployments.list(group, account.name):
-            model = d.properties.model if d.properties else None
-            found.append(
-                {
-                    "resource_id": d.id.lower(),
-                    "account_id": account_id,
-                    "account_name": account.name,
-                    "subscription_id": sub,
-                    "resource_group": group,
-                    "location": (account.location or "").lower().replace(" ", ""),
-                    "kind": account.kind,
-                    "name": d.name,
-                    "model": (model.name if model else "") or "",
-                    "model_version": (model.version if model else "") or "",
-                    "sku": d.sku.name if d.sku else "",
-                    "capacity": int(d.sku.capacity or 0) if d.sku else 0,
-                }
-            )
-    return accounts, found
+    return found
 
 
 def hourly_batch(

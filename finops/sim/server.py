@@ -51,9 +51,10 @@ class ApiError(Exception):
 
 @dataclass
 class Fault:
-    """A fault for requests of `route` whose path contains `match`: after letting `skip` of
-    them through, `count` of them (None: all) wait `delay` seconds, then get `status` with
-    `headers`, or (`kind`) have their connection reset or their JSON body cut in half."""
+    """A fault for requests of `route` whose path or body (a Resource Graph query's text)
+    contains `match`: after letting `skip` of them through, `count` of them (None: all) wait
+    `delay` seconds, then get `status` with `headers`, or (`kind`) have their connection
+    reset or their JSON body cut in half."""
 
     route: str
     status: int | None = None
@@ -102,6 +103,8 @@ class SimServer:
         # the rows of the latest cost queries (several run at once), for their next pages
         self.cost_pages: dict[str, list] = {}
         self.cost_page_size = cost_page_size
+        # the rows of the latest Resource Graph queries, by the token of their next page
+        self.graph_results: dict[str, list] = {}
         self.requests: Counter[str] = Counter()
         # (subscription, cost type, first day, last day) of each cost query asked
         self.cost_periods: list[tuple[str, str, Any, Any]] = []
@@ -155,10 +158,10 @@ class SimServer:
             self.faults.append(fault)
         return fault
 
-    def _fault_for(self, route: str, path: str) -> Fault | None:
+    def _fault_for(self, route: str, text: str) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.route == route and fault.match.lower() in path.lower():
+                if fault.route == route and fault.match.lower() in text.lower():
                     if fault.skip > 0:
                         fault.skip -= 1
                         return None
@@ -185,7 +188,7 @@ class SimServer:
                     f"The supported versions are '{supported}'."
                 )
                 return route.name, _error(400, "InvalidApiVersionParameter", message), "status"
-            fault = self._fault_for(route.name, parts.path)
+            fault = self._fault_for(route.name, parts.path + body.decode(errors="replace"))
             if fault and fault.delay:
                 time.sleep(fault.delay)
             if fault and fault.status:
@@ -310,30 +313,41 @@ def _power_status(state: str) -> list[dict[str, str]]:
     return statuses
 
 
+def _vm_item(vm, seed: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": vm.name,
+        "id": vm.id,
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": vm.location,
+    }
+    if vm.tags:
+        item["tags"] = dict(vm.tags)
+    item["properties"] = {
+        "vmId": f"{vm.index:08d}-0000-4000-8000-{seed:012d}",
+        "hardwareProfile": {"vmSize": vm.size},
+        "storageProfile": {"osDisk": {"osType": vm.os_type, "name": f"{vm.name}_OsDisk"}},
+        "priority": vm.priority,
+        "provisioningState": "Succeeded",
+        "timeCreated": "2026-01-05T09:00:00+00:00",
+    }
+    return item
+
+
 def list_vms(req: Request, subscription_id: str) -> Reply:
     sub = _subscription(req, subscription_id)
     status_only = req.query.get("statusOnly", "").lower() == "true"
     items = []
     for vm in req.sim.estate.vms_in(sub.subscription_id):
-        item: dict[str, Any] = {
-            "name": vm.name,
-            "id": vm.id,
-            "type": "Microsoft.Compute/virtualMachines",
-            "location": vm.location,
-        }
         if status_only:
-            item["properties"] = {"instanceView": {"statuses": _power_status(vm.power_state)}}
-        else:
-            if vm.tags:
-                item["tags"] = dict(vm.tags)
-            item["properties"] = {
-                "vmId": f"{vm.index:08d}-0000-4000-8000-{req.sim.estate.seed:012d}",
-                "hardwareProfile": {"vmSize": vm.size},
-                "storageProfile": {"osDisk": {"osType": vm.os_type, "name": f"{vm.name}_OsDisk"}},
-                "priority": vm.priority,
-                "provisioningState": "Succeeded",
-                "timeCreated": "2026-01-05T09:00:00+00:00",
+            item: dict[str, Any] = {
+                "name": vm.name,
+                "id": vm.id,
+                "type": "Microsoft.Compute/virtualMachines",
+                "location": vm.location,
+                "properties": {"instanceView": {"statuses": _power_status(vm.power_state)}},
             }
+        else:
+            item = _vm_item(vm, req.sim.estate.seed)
         items.append(item)
     return 200, req.page(items, req.sim.page_size), {}
 
@@ -362,13 +376,6 @@ def _disk_item(disk: SimDisk, now: datetime) -> dict[str, Any]:
     if disk.vm is not None and disk.vm.tags:
         item["tags"] = dict(disk.vm.tags)
     return item
-
-
-def list_disks(req: Request, subscription_id: str) -> Reply:
-    sub = _subscription(req, subscription_id)
-    estate = req.sim.estate
-    items = [_disk_item(d, estate.now) for d in estate.disks_in(sub.subscription_id)]
-    return 200, req.page(items, req.sim.page_size), {}
 
 
 # The simulator's own price ratios for the Retail Prices API (near typical Azure GPU discounts,
@@ -575,12 +582,6 @@ def _schedule_items(vms) -> list[dict[str, Any]]:
     return items
 
 
-def list_schedules(req: Request, subscription_id: str) -> Reply:
-    sub = _subscription(req, subscription_id)
-    items = _schedule_items(req.sim.estate.vms_in(sub.subscription_id))
-    return 200, req.page(items, req.sim.page_size), {}
-
-
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -670,25 +671,20 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
     return 200, {"values": values}, {}
 
 
-def list_ai_accounts(req: Request, subscription_id: str) -> Reply:
-    sub = _subscription(req, subscription_id)
-    items = [
-        {
-            "id": a.id,
-            "name": a.name,
-            "type": "Microsoft.CognitiveServices/accounts",
-            "kind": a.kind,
-            "location": a.location,
-            "sku": {"name": "S0"},
-            "tags": {},
-            "properties": {
-                "endpoint": f"https://{a.name}.openai.azure.com/",
-                "provisioningState": "Succeeded",
-            },
-        }
-        for a in req.sim.estate.accounts_in(sub.subscription_id)
-    ]
-    return 200, req.page(items, req.sim.page_size), {}
+def _account_item(a) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "name": a.name,
+        "type": "Microsoft.CognitiveServices/accounts",
+        "kind": a.kind,
+        "location": a.location,
+        "sku": {"name": "S0"},
+        "tags": {},
+        "properties": {
+            "endpoint": f"https://{a.name}.openai.azure.com/",
+            "provisioningState": "Succeeded",
+        },
+    }
 
 
 def _account(req: Request, subscription_id: str, group: str, name: str):
@@ -926,8 +922,7 @@ def _vm(req: Request, subscription_id: str, group: str, name: str):
 
 def get_vm(req: Request, subscription_id: str, group: str, name: str) -> Reply:
     vm = _vm(req, subscription_id, group, name)
-    item = next(i for i in list_vms(req, subscription_id)[1]["value"] if i["id"] == vm.id)
-    return 200, item, {}
+    return 200, _vm_item(vm, req.sim.estate.seed), {}
 
 
 def vm_instance_view(req: Request, subscription_id: str, group: str, name: str) -> Reply:
@@ -989,9 +984,7 @@ def get_group(req: Request, subscription_id: str, group: str) -> Reply:
     return 200, item, {}
 
 
-def list_groups(req: Request, subscription_id: str) -> Reply:
-    sub = _subscription(req, subscription_id)
-    estate = req.sim.estate
+def _group_items(estate: Estate, sub) -> list[dict[str, Any]]:
     names: dict[str, str] = {}
     for vm in estate.vms_in(sub.subscription_id):
         names.setdefault(vm.resource_group.lower(), vm.resource_group)
@@ -1011,7 +1004,122 @@ def list_groups(req: Request, subscription_id: str) -> Reply:
         if tags:
             item["tags"] = dict(tags)
         items.append(item)
-    return 200, req.page(items, req.sim.page_size), {}
+    return items
+
+
+# Resource Graph: the tables and types the simulator indexes, each row as ARM describes the
+# resource plus Resource Graph's own columns
+def _graph_items(estate: Estate, sub, kind: str) -> list[dict[str, Any]]:
+    sub_id = sub.subscription_id
+    if kind == "resourcecontainers/microsoft.resources/subscriptions/resourcegroups":
+        return _group_items(estate, sub)
+    if kind == "resources/microsoft.compute/virtualmachines":
+        items = []
+        for vm in estate.vms_in(sub_id):
+            item = _vm_item(vm, estate.seed)
+            statuses = _power_status(vm.power_state)
+            if len(statuses) > 1:
+                item["properties"]["extended"] = {"instanceView": {"powerState": statuses[1]}}
+            items.append(item)
+        return items
+    if kind == "resources/microsoft.compute/disks":
+        return [_disk_item(d, estate.now) for d in estate.disks_in(sub_id)]
+    if kind == "resources/microsoft.devtestlab/schedules":
+        return _schedule_items(estate.vms_in(sub_id))
+    if kind == "resources/microsoft.cognitiveservices/accounts":
+        return [_account_item(a) for a in estate.accounts_in(sub_id)]
+    return []
+
+
+_WHERE = re.compile(r"where\s+([\w.]+)\s*=~\s*'([^']*)'", re.IGNORECASE)
+_PROJECTED = re.compile(r"(?:(\w+)\s*=\s*)?([\w.]+)")
+
+
+def _path(row: dict[str, Any], path: str) -> Any:
+    value: Any = row
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _graph_rows(estate: Estate, subscriptions: list[str], kql: str) -> list[dict[str, Any]]:
+    """The rows of the KQL the job sends: a table, `where <column or path> =~ '<value>'`
+    clauses, then `project`. Anything else is refused, so a query the simulator would misread
+    fails loudly."""
+    table, *stages = (part.strip() for part in kql.split("|"))
+    if table.lower() not in ("resources", "resourcecontainers"):
+        raise ApiError(400, "BadRequest", f"The simulator indexes no table {table!r}.")
+    wanted = {s.lower() for s in subscriptions}
+    filters, projection = [], None
+    for stage in stages:
+        where = _WHERE.fullmatch(stage)
+        if where:
+            filters.append((where.group(1), where.group(2).lower()))
+        elif stage.lower().startswith("project ") and projection is None:
+            projection = []
+            for part in stage[len("project ") :].split(","):
+                found = _PROJECTED.fullmatch(part.strip())
+                if not found:
+                    raise ApiError(400, "BadRequest", f"Unsupported projection {part!r}.")
+                projection.append((found.group(1) or found.group(2), found.group(2)))
+        else:
+            raise ApiError(400, "BadRequest", f"The simulator does not answer {stage!r}.")
+    types = [value for column, value in filters if column == "type"]
+    if len(types) != 1:
+        raise ApiError(400, "BadRequest", "The simulator answers one `type =~` a query.")
+    rows = []
+    for sub in estate.subscriptions:
+        if sub.subscription_id.lower() not in wanted:
+            continue
+        for item in _graph_items(estate, sub, f"{table.lower()}/{types[0]}"):
+            row = {
+                **item,
+                "type": item["type"].lower(),
+                "location": item.get("location", "").lower(),
+                "subscriptionId": sub.subscription_id,
+                "resourceGroup": item["id"].split("/")[4].lower(),
+                "tenantId": estate.tenant_id,
+            }
+            if all(str(_path(row, c) or "").lower() == v for c, v in filters if c != "type"):
+                if projection is not None:
+                    row = {name: _path(row, path) for name, path in projection}
+                rows.append(row)
+    return rows
+
+
+def resource_graph(req: Request) -> Reply:
+    """POST /providers/Microsoft.ResourceGraph/resources: one query over the given
+    subscriptions, `$top` rows a page (at most the simulator's page size, as Azure may send
+    fewer than asked), continued by `$skipToken`."""
+    body = req.body or {}
+    options = body.get("options") or {}
+    if options.get("resultFormat", "objectArray") != "objectArray":
+        raise ApiError(400, "BadRequest", "The simulator answers resultFormat objectArray.")
+    size = min(int(options.get("$top") or 100), 1000, req.sim.page_size)
+    token = options.get("$skipToken")
+    if token:
+        query_id, _, start_text = token.partition(":")
+        if query_id not in req.sim.graph_results:
+            raise ApiError(400, "BadRequest", "The $skipToken has expired.")
+        rows, start = req.sim.graph_results[query_id], int(start_text)
+    else:
+        rows, start = _graph_rows(req.sim.estate, body.get("subscriptions") or [], body["query"]), 0
+        query_id = uuid.uuid4().hex
+        results = req.sim.graph_results
+        results[query_id] = rows
+        for old in list(results)[:-COST_QUERIES_KEPT]:
+            results.pop(old, None)
+    page = rows[start : start + size]
+    answer: dict[str, Any] = {
+        "totalRecords": len(rows),
+        "count": len(page),
+        "data": page,
+        "facets": [],
+        "resultTruncated": "false",
+    }
+    if start + size < len(rows):
+        answer["$skipToken"] = f"{query_id}:{start + size}"
+    return 200, answer, {}
 
 
 def patch_tags(req: Request, scope: str) -> Reply:
@@ -1095,15 +1203,20 @@ def _routes() -> list[Route]:
     compute = sub + r"/providers/Microsoft\.Compute"
     vm = group + r"/providers/Microsoft\.Compute/virtualMachines/([^/]+)"
     schedule = group + r"/providers/Microsoft\.DevTestLab/schedules/([^/]+)"
-    cognitive = sub + r"/providers/Microsoft\.CognitiveServices/accounts"
     account = group + r"/providers/Microsoft\.CognitiveServices/accounts/([^/]+)"
     ai_api = "2025-09-01"
     arm, compute_api, labs, cost_api = "2025-04-01", "2026-04-01", "2018-09-15", "2025-03-01"
     table: list[tuple[str, str, str, str, Callable[..., Reply]]] = [
         ("subscriptions", "GET", r"/subscriptions", "2022-12-01", list_subscriptions),
+        (
+            "graph",
+            "POST",
+            r"/providers/Microsoft\.ResourceGraph/resources",
+            "2021-03-01",
+            resource_graph,
+        ),
         ("vms", "GET", compute + "/virtualMachines", compute_api, list_vms),
         ("skus", "GET", compute + "/skus", "2021-07-01", list_skus),
-        ("disks", "GET", compute + "/disks", "2026-03-02", list_disks),
         ("prices", "GET", r"/api/retail/prices", "2023-01-01-preview", retail_prices),
         ("usages", "GET", compute + "/locations/([^/]+)/usages", compute_api, list_usages),
         (
@@ -1113,22 +1226,13 @@ def _routes() -> list[Route]:
             compute_api,
             compute_operation,
         ),
-        (
-            "schedules",
-            "GET",
-            sub + r"/providers/Microsoft\.DevTestLab/schedules",
-            labs,
-            list_schedules,
-        ),
         ("metrics", "POST", sub + r"/metrics:getBatch", "2024-02-01", metrics_batch),
-        ("ai-accounts", "GET", cognitive, ai_api, list_ai_accounts),
         ("ai-deployments", "GET", account + "/deployments", ai_api, list_ai_deployments),
         ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query", cost_api, cost_query),
         ("vm", "GET", vm, compute_api, get_vm),
         ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),
         ("deallocate", "POST", vm + "/deallocate", compute_api, deallocate_vm),
         ("group", "GET", group, arm, get_group),
-        ("groups", "GET", sub + "/resourcegroups", arm, list_groups),
         ("tags", "PATCH", r"/(.+)/providers/Microsoft\.Resources/tags/default", arm, patch_tags),
         ("schedule", "GET", schedule, labs, get_schedule),
         ("schedule-put", "PUT", schedule, labs, put_schedule),
