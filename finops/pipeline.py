@@ -257,13 +257,16 @@ def _collect(
         return Spool(openai.hourly_batch(clients, region, ids, ptu_start, now))
 
     with step("collect AI deployments") as info:
-        accounts: list[Row] = []
+        found: list[Row] = []
         with tolerated(night, "ai deployments", f"{len(sub_ids)} subscriptions"):
-            accounts = openai.accounts(clients, sub_ids) if sub_ids else []
-        listed = [(a,) for a in accounts]
-        for (account,), result in in_parallel(listed, partial(openai.deployments, clients)):
+            found = openai.accounts(clients, sub_ids) if sub_ids else []
+        # an account whose deployments could not be listed is left out whole, its metrics too
+        accounts: list[Row] = []
+        each_account = [(a,) for a in found]
+        for (account,), result in in_parallel(each_account, partial(openai.deployments, clients)):
             with tolerated(night, "ai deployments", f"account {account['resource_id']}"):
                 night.ai_deployments += result()
+                accounts.append(account)
         points = len(night.metrics)
         for (region, ids), result in in_parallel(metrics.batches(accounts), ai_metrics):
             chosen = set(ids)

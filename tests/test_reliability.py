@@ -277,6 +277,26 @@ def waiting_on_lock_after(engine) -> bool:
         )
 
 
+def test_an_account_whose_deployments_fail_is_left_out_with_its_metrics():
+    from finops.sim.estate import Estate
+    from finops.sim.server import SimServer
+
+    with SimServer(Estate(seed=7, vms=60)) as sim:
+        broken, kept = sim.estate.ai_accounts
+        sim.inject(Fault("ai-deployments", status=403, match=broken.name, count=None))
+        night, _ = _collect(sim, **FAST)
+    assert [(f["source"], f["scope"]) for f in night.failures] == [
+        ("ai deployments", f"account {broken.id.lower()}")
+    ]
+    assert {d["account_id"] for d in night.ai_deployments} == {kept.id.lower()}
+    measured = {
+        p["resource_id"].split("/deployments/")[0]
+        for p in night.metrics
+        if "/deployments/" in p["resource_id"]
+    }
+    assert measured == {kept.id.lower()}
+
+
 def test_reanalysing_a_partial_night_keeps_it_partial(sim, estate, tmp_path):
     broken = estate.subscriptions[2].subscription_id
     fault = sim.inject(Fault("costs", status=403, match=broken, count=None))
