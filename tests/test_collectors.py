@@ -61,6 +61,31 @@ def test_resource_graph_answers_only_the_subscriptions_asked_for(clients, estate
     assert {r["resource_id"] for r in rows} == {vm.id.lower() for vm in estate.vms_in(sub)}
 
 
+def test_subscriptions_beyond_one_querys_share_are_asked_in_further_queries(
+    clients, estate, sim, monkeypatch
+):
+    """Resource Graph is sent at most SUBSCRIPTIONS_PER_QUERY subscriptions a query."""
+    from finops.azure import graph
+
+    monkeypatch.setattr(graph, "SUBSCRIPTIONS_PER_QUERY", 2)
+    subs = _all_subs(estate)
+    before = sim.requests["graph"]
+    rows = list(inventory.vms(clients, subs))
+    assert {r["resource_id"] for r in rows} == {vm.id.lower() for vm in estate.vms}
+    # subscriptions 1-2 in one query, 3 in another, each paged on its own
+    first, second = (sum(len(estate.vms_in(s)) for s in part) for part in (subs[:2], subs[2:]))
+    pages = -(-first // sim.page_size) + -(-second // sim.page_size)
+    assert sim.requests["graph"] - before == pages
+
+
+def test_a_result_cut_short_without_a_page_token_is_an_error_not_a_short_inventory(clients, estate):
+    from finops.azure import graph
+
+    kql = "Resources | where type =~ 'microsoft.compute/virtualmachines' | project name"
+    with pytest.raises(graph.TruncatedResult, match="truncated"):
+        list(graph.query(clients, _all_subs(estate), kql))
+
+
 def test_a_query_the_simulator_cannot_answer_is_refused(clients, estate):
     from finops.azure import graph
 

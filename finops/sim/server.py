@@ -1118,7 +1118,11 @@ def resource_graph(req: Request) -> Reply:
         "resultTruncated": "false",
     }
     if start + size < len(rows):
-        answer["$skipToken"] = f"{query_id}:{start + size}"
+        if rows and "id" not in rows[0]:
+            # Resource Graph pages by id: without it the answer is cut short, with no token
+            answer["resultTruncated"] = "true"
+        else:
+            answer["$skipToken"] = f"{query_id}:{start + size}"
     return 200, answer, {}
 
 
