@@ -162,6 +162,8 @@ FAST = {"retry_backoff_max_seconds": 0.3}
         # a page chain broken once, mid-way
         (Fault("graph", match="virtualmachines", skip=1, status=502, count=1), 1),
         (Fault("graph", match="compute/disks", status=503, count=1), 1),
+        (Fault("costs", status=502, count=1), 1),  # a read-only POST: retried like a GET
+        (Fault("metrics", status=502, count=1), 1),
         (Fault("prices", status=429, headers={"Retry-After": "1"}, count=1), 1),  # no SDK
     ],
 )

@@ -152,11 +152,17 @@ class AzureClients:
         return MetricsClient(endpoint, self.credential, **options)
 
 
+# The POSTs the job sends to read (cost and metrics queries, Resource Graph) change nothing:
+# retried on every status a GET is, where azure-core retries a POST on 500, 503 and 504 only
+QUERY_RETRIED = frozenset({"GET", "POST"})
+
+
 def post_json(client: Any, url: str, params: dict[str, str], body: dict[str, Any]) -> Any:
-    """POST through an SDK client's own pipeline (credential, retries, TLS trust) and return the
-    JSON answer as sent. For the answers that carry the night's bulk (cost rows, metric points,
-    VM and disk lists) building the SDK's models cost more CPU than all the rest of the job."""
-    return _json(client, HttpRequest("POST", url, params=params, json=body))
+    """POST a query through an SDK client's own pipeline (credential, retries, TLS trust) and
+    return the JSON answer as sent. For the answers that carry the night's bulk (cost rows,
+    metric points) building the SDK's models cost more CPU than all the rest of the job."""
+    request = HttpRequest("POST", url, params=params, json=body)
+    return _json(client, request, retry_on_methods=QUERY_RETRIED)
 
 
 def list_items(client: Any, request: HttpRequest) -> Iterator[dict[str, Any]]:
@@ -169,10 +175,10 @@ def list_items(client: Any, request: HttpRequest) -> Iterator[dict[str, Any]]:
         request = HttpRequest("GET", link) if link else None
 
 
-def _json(client: Any, request: HttpRequest) -> Any:
+def _json(client: Any, request: HttpRequest, **options: Any) -> Any:
     # streamed, then read here: otherwise the pipelines that hold a ContentDecodePolicy parse
     # the answer too, and response.json() parses it again (a second decoding of every page)
-    response = client.send_request(request, stream=True)
+    response = client.send_request(request, stream=True, **options)
     response.read()
     if response.status_code != 200:
         errors = {401: ClientAuthenticationError, 404: ResourceNotFoundError}

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
-from finops.azure.clients import AzureClients
+from finops.azure.clients import QUERY_RETRIED, AzureClients
 from finops.collection import Row
 
 PAGE = 1000  # the most rows Resource Graph returns a page
 # Subscriptions named in one query. Unconfirmed against live Azure: the REST API states no
 # limit; Azure's own tools send at most 1,000 a query, so this does too.
 SUBSCRIPTIONS_PER_QUERY = 1000
-QUERY_RETRIED = frozenset({"GET", "POST"})
 
 
 class TruncatedResult(ValueError):
@@ -36,8 +35,6 @@ def query(clients: AzureClients, subscriptions: list[str], kql: str) -> Iterator
             options = QueryRequestOptions(top=PAGE, skip_token=token, result_format="objectArray")
             answer = client.resources(
                 QueryRequest(subscriptions=scope, query=kql, options=options),
-                # a query changes nothing: retried on every status a GET is (azure-core
-                # retries a POST on 500, 503 and 504 only)
                 retry_on_methods=QUERY_RETRIED,
             )
             yield from answer.data or []
