@@ -1,5 +1,5 @@
 """Azure Resource Graph: the inventory of every subscription in pages of 1,000 rows, where ARM
-needs a list per subscription and resource type (at 50 subscriptions, 5 lists each: 250 calls
+needs a list per subscription and resource type (at 50 subscriptions, 6 lists each: 300 calls
 a night against a handful).
 
 Resource Graph answers from an index that follows ARM within seconds to minutes; a night reads
