@@ -187,18 +187,18 @@ def _collect(
             (inventory.resource_groups, list),
             (inventory.disks, Spool),
         ]
+        # VMs without their schedules would all look unscheduled: none of the three is stored
+        # without the others
+        together = (inventory.vms, inventory.schedules, inventory.resource_groups)
         answers: dict[Callable, Any] = {}
 
         def listed(query: Callable, keep: Callable) -> Any:
             return keep(query(clients, subs))
 
         for (query, _), result in in_parallel(queries, listed):
-            # VMs without their schedules would all look unscheduled: none of the three is
-            # stored without the others
-            source = "disks" if query is inventory.disks else "inventory"
-            with tolerated(night, source, scope):
+            with tolerated(night, "inventory" if query in together else "disks", scope):
                 answers[query] = result()
-        if all(q in answers for q, _ in queries[:3]):
+        if all(query in answers for query in together):
             night.vms = answers[inventory.vms]
             night.schedules = answers[inventory.schedules]
             night.resource_groups = answers[inventory.resource_groups]

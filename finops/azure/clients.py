@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -163,16 +162,6 @@ def post_json(client: Any, url: str, params: dict[str, str], body: dict[str, Any
     metric points) building the SDK's models cost more CPU than all the rest of the job."""
     request = HttpRequest("POST", url, params=params, json=body)
     return _json(client, request, retry_on_methods=QUERY_RETRIED)
-
-
-def list_items(client: Any, request: HttpRequest) -> Iterator[dict[str, Any]]:
-    """The items of a paged list, as sent, through an SDK client's own pipeline: the first
-    page's request as the SDK builds it, then each `nextLink` verbatim."""
-    while request is not None:
-        answer = _json(client, request)
-        yield from answer.get("value") or []
-        link = answer.get("nextLink")
-        request = HttpRequest("GET", link) if link else None
 
 
 def _json(client: Any, request: HttpRequest, **options: Any) -> Any:

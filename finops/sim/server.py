@@ -38,7 +38,7 @@ CPU_NAMESPACE = "microsoft.compute/virtualmachines"
 CPU_METRIC = "Percentage CPU"
 AI_NAMESPACE = "microsoft.cognitiveservices/accounts"
 MAX_BATCH_RESOURCES = 50
-COST_QUERIES_KEPT = 32  # cost queries whose rows are kept for their next pages
+QUERIES_KEPT = 32  # cost and Resource Graph queries whose rows are kept for their next pages
 
 Reply = tuple[int, Any, dict[str, str]]
 
@@ -839,7 +839,7 @@ def cost_query(req: Request, scope: str) -> Reply:
         rows = _cost_rows(estate, sub.subscription_id, cost_type, first, last, groups, only)
         pages = req.sim.cost_pages
         pages[key] = rows
-        for old in list(pages)[:-COST_QUERIES_KEPT]:
+        for old in list(pages)[:-QUERIES_KEPT]:
             pages.pop(old, None)
     columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
     columns += [{"name": g, "type": "String"} for g in groups]
@@ -1107,7 +1107,7 @@ def resource_graph(req: Request) -> Reply:
         query_id = uuid.uuid4().hex
         results = req.sim.graph_results
         results[query_id] = rows
-        for old in list(results)[:-COST_QUERIES_KEPT]:
+        for old in list(results)[:-QUERIES_KEPT]:
             results.pop(old, None)
     page = rows[start : start + size]
     answer: dict[str, Any] = {
