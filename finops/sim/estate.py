@@ -13,12 +13,15 @@ import os
 import random
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from finops.catalog import SCOPES, gpu_size, ptu_models
 
@@ -55,14 +58,20 @@ STORAGE_DAILY_COST = Decimal("12.500000")
 LONG_AGO_H = 60 * 24  # "always on": started before any window the job reads
 
 
-def _mix(*parts: int) -> float:
-    """A fast deterministic hash of integers to a float in [0, 1) (splitmix64)."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return (x >> 11) / float(1 << 53)
+_MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix(key: int, hours: np.ndarray, salt: int) -> np.ndarray:
+    """A fast deterministic hash of (key, hour, salt) to a float in [0, 1) (splitmix64), for
+    many hours at once: the simulator answers a night's hundreds of thousands of metric points,
+    and one hash at a time in Python cost it more CPU than the job spent reading them."""
+    first, second = _MULTIPLIERS
+    x = np.full(hours.shape, 0x9E3779B97F4A7C15, dtype=np.uint64)
+    for part in (np.uint64(key & 0xFFFFFFFFFFFFFFFF), hours, np.uint64(salt)):
+        x = (x ^ part) * first
+        x = (x ^ (x >> np.uint64(27))) * second
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 @dataclass(frozen=True)
@@ -76,13 +85,19 @@ class Profile:
     burst_high: float = 0.0
     max_extra: float = 2.0  # the hourly maximum is the average plus up to this much
 
+    def samples(self, key: int, hours: Sequence[int]) -> list[tuple[float, float]]:
+        """(average, maximum) of each hour, numbered from the epoch."""
+        numbers = np.asarray(hours, dtype=np.uint64)
+        average = self.low + (self.high - self.low) * _mix(key, numbers, 3)
+        if self.burst_rate:
+            burst = self.burst_low + (self.burst_high - self.burst_low) * _mix(key, numbers, 2)
+            average = np.where(_mix(key, numbers, 1) < self.burst_rate, burst, average)
+        peak = np.minimum(100.0, average + self.max_extra * _mix(key, numbers, 4))
+        pairs = zip(average.tolist(), peak.tolist(), strict=True)
+        return [(round(a, 3), round(p, 3)) for a, p in pairs]
+
     def sample(self, key: int, hour: int) -> tuple[float, float]:
-        if self.burst_rate and _mix(key, hour, 1) < self.burst_rate:
-            avg = self.burst_low + (self.burst_high - self.burst_low) * _mix(key, hour, 2)
-        else:
-            avg = self.low + (self.high - self.low) * _mix(key, hour, 3)
-        peak = min(100.0, avg + self.max_extra * _mix(key, hour, 4))
-        return round(avg, 3), round(peak, 3)
+        return self.samples(key, [hour])[0]
 
 
 IDLE_GPU = Profile(0.2, 2.0)
@@ -1017,23 +1032,30 @@ class Estate:
             used[key] = used.get(key, 0) + (vm.vcpus if active else 0)
         return used
 
-    def hourly(self, vm: SimVM, metric: str, hour: datetime) -> tuple[float, float] | None:
-        """(average, maximum) of a metric for the hour starting at `hour`, or None: no data."""
-        hours_ago = (self.now - hour) / timedelta(hours=1)
-        if not (vm.off_since_h < hours_ago <= vm.on_since_h):
-            return None
+    def hourly(
+        self, vm: SimVM, metric: str, hours: Sequence[datetime]
+    ) -> list[tuple[float, float] | None]:
+        """(average, maximum) of a metric for each hour starting at `hours`, or None: no data."""
+        scale = None
         if metric == "gpu_memory":  # MiB used per GPU, as the guest reports it
-            if vm.gpu is None:
-                return None
+            profile = vm.gpu_memory if vm.gpu is not None else None
             key = self.seed * 1_000_003 + vm.index * 2 + 500_000
-            average, peak = vm.gpu_memory.sample(key, int(hour.timestamp()) // 3600)
-            vram_mib = gpu_size(vm.size).gpu_memory_gb * 1024 / 100
-            return round(average * vram_mib, 1), round(peak * vram_mib, 1)
-        profile = vm.gpu if metric == "gpu" else vm.cpu
+            scale = gpu_size(vm.size).gpu_memory_gb * 1024 / 100 if profile else None
+        else:
+            profile = vm.gpu if metric == "gpu" else vm.cpu
+            key = self.seed * 1_000_003 + vm.index * 2 + (metric == "gpu")
         if profile is None:
-            return None
-        key = self.seed * 1_000_003 + vm.index * 2 + (metric == "gpu")
-        return profile.sample(key, int(hour.timestamp()) // 3600)
+            return [None] * len(hours)
+        numbers = [int(hour.timestamp()) // 3600 for hour in hours]
+        samples = profile.samples(key, numbers)
+        if scale is not None:
+            samples = [(round(a * scale, 1), round(p * scale, 1)) for a, p in samples]
+        # whole hours ago (rounded up: the bounds are whole hours, so that decides the same)
+        now = int(self.now.timestamp()) // 3600
+        return [
+            sample if vm.off_since_h < now - number <= vm.on_since_h else None
+            for number, sample in zip(numbers, samples, strict=True)
+        ]
 
     def billed_hours(self, vm: SimVM, day: date) -> Decimal:
         """Hours the VM was billed on that UTC day (up to the estate's `now`)."""

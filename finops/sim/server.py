@@ -637,9 +637,8 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
             if metric != "cpu" and vm.gpu is None:
                 continue  # no GPU telemetry reaches Azure Monitor from this VM
             data = []
-            for hour, stamp in zip(hours, stamps, strict=True):
+            for stamp, sample in zip(stamps, estate.hourly(vm, metric, hours), strict=True):
                 point: dict[str, Any] = {"timeStamp": stamp}
-                sample = estate.hourly(vm, metric, hour)
                 if sample is not None:
                     if "average" in aggregations:
                         point["average"] = sample[0]
