@@ -1,4 +1,5 @@
-"""What one night's collection hands to the store: plain rows, no Azure types."""
+"""What one night's collection hands to the store: plain rows, no Azure types; metric hours
+naive UTC, as the store keeps them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 
 import pytest
@@ -193,7 +193,8 @@ def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):
         assert len(points) == 60  # started 60 hours ago: no data before
         vm = estate.by_id[rid]
         first = points[0]
-        assert estate.hourly(vm, metric, [first["ts"]]) == [(first["average"], first["maximum"])]
+        hour = first["ts"].replace(tzinfo=UTC)  # rows hold naive UTC, as the store does
+        assert estate.hourly(vm, metric, [hour]) == [(first["average"], first["maximum"])]
 
 
 def test_metrics_batches_hold_at_most_50_vms_of_one_region(sim, estate):
@@ -341,6 +342,7 @@ def test_metrics_are_asked_for_from_the_newest_stored_hour(clients, estate, sim)
     newest = dict.fromkeys(vm_ids, now - timedelta(hours=1))
     night = collect(clients, settings, estate.now, stored_metrics=newest)
     hours = [row["ts"] for row in night.metrics if row["resource_id"] in vm_ids]
-    assert hours and min(hours) >= now - timedelta(hours=4)
+    hour = now.replace(tzinfo=None)  # rows hold naive UTC, as the store does
+    assert hours and min(hours) >= hour - timedelta(hours=4)
     first = min(row["ts"] for row in full.metrics if row["resource_id"] in vm_ids)
-    assert first <= now - timedelta(days=6)
+    assert first <= hour - timedelta(days=6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from finops.azure.clients import AzureClients, post_json
@@ -102,9 +103,17 @@ def hourly_batch(
     return rows
 
 
+@lru_cache(maxsize=4096)
+def hour(stamp: str) -> datetime:
+    """A point's time stamp as naive UTC, as the store keeps it. Parsed once per hour: a batch's
+    series share their hours, and rows that share the object are also pickled once per chunk of
+    the night's spool."""
+    return datetime.fromisoformat(stamp).astimezone(UTC).replace(tzinfo=None)
+
+
 def points(resource_id: str, metric: str, series: dict[str, Any]) -> Iterator[Row]:
-    """Rows (resource_id, metric, ts, average, maximum, total) of one time series as the batch
-    API sends it, leaving out the hours without data."""
+    """Rows (resource_id, metric, ts naive UTC, average, maximum, total) of one time series as
+    the batch API sends it, leaving out the hours without data."""
     for point in series.get("data") or []:
         average, maximum, total = point.get("average"), point.get("maximum"), point.get("total")
         if average is None and maximum is None and total is None:
@@ -112,7 +121,7 @@ def points(resource_id: str, metric: str, series: dict[str, Any]) -> Iterator[Ro
         yield {
             "resource_id": resource_id,
             "metric": metric,
-            "ts": datetime.fromisoformat(point["timeStamp"]),
+            "ts": hour(point["timeStamp"]),
             "average": average,
             "maximum": maximum,
             "total": total,

@@ -285,7 +285,11 @@ def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, in
         "metrics": upsert(
             conn,
             schema.metrics_hourly,
-            ({**m, "ts": utc_naive(m["ts"])} for m in night.metrics),
+            # collected rows are naive UTC already; rows given by hand may not be
+            (
+                m if m["ts"].tzinfo is None else {**m, "ts": utc_naive(m["ts"])}
+                for m in night.metrics
+            ),
         ),
         "costs": replace_query_costs(conn, night.cost_windows, night.costs),
         "cost_files": 0,
