@@ -29,6 +29,7 @@ class Spool:
         self._file = tempfile.TemporaryFile(prefix="finops-night-")  # noqa: SIM115
         self._pending: list[Row] = []
         self._stored = 0
+        self._offsets: list[int] = []  # where each stored chunk's pickle starts
         self.extend(rows)
 
     def append(self, row: Row) -> None:
@@ -42,7 +43,7 @@ class Spool:
 
     def _flush(self) -> None:
         if self._pending:
-            self._file.seek(0, 2)
+            self._offsets.append(self._file.seek(0, 2))
             pickle.dump(self._pending, self._file, protocol=pickle.HIGHEST_PROTOCOL)
             self._stored += len(self._pending)
             self._pending = []
@@ -51,21 +52,26 @@ class Spool:
         return self._stored + len(self._pending)
 
     def __iter__(self) -> Iterator[Row]:
+        for pickled in self.pickled():
+            yield from pickle.loads(pickled)
+
+    def pickled(self) -> Iterator[bytes]:
+        """The stored chunks as they are on disk: each a pickled list of rows, for another
+        process to read."""
         self._flush()
-        end, position = self._file.seek(0, 2), 0
-        while position < end:
-            self._file.seek(position)
-            chunk = pickle.load(self._file)
-            position = self._file.tell()
-            yield from chunk
+        ends = [*self._offsets[1:], self._file.seek(0, 2)][: len(self._offsets)]
+        for start, end in zip(self._offsets, ends, strict=True):
+            self._file.seek(start)
+            yield self._file.read(end - start)
 
     def absorb(self, other: Spool) -> None:
         """Take over another spool's rows (file to file, without reading them back)."""
         other._flush()
         self._flush()
         other._file.seek(0)
-        self._file.seek(0, 2)
+        end = self._file.seek(0, 2)
         shutil.copyfileobj(other._file, self._file)
+        self._offsets += [end + offset for offset in other._offsets]
         self._stored += other._stored
         other._file.close()
 

@@ -399,18 +399,101 @@ def test_each_resource_keeps_one_key_when_ids_are_forgotten_between_chunks(db_ur
     )
 
 
-def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch):
-    """PostgreSQL's rows are read and converted in a thread, a chunk ahead: an error there
-    reaches the caller (and the night's transaction), as it does on SQLite."""
+@pytest.mark.parametrize("helper", [False, True], ids=["here", "helper-process"])
+def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch, helper):
+    """Chunks are sorted and converted ahead of the database, in a helper process for a large
+    spool: an error there reaches the caller (and the night's transaction)."""
+    from finops import collection
     from finops.store import load
 
     engine = engine_for(db_url)
     upgrade(engine)
     monkeypatch.setattr(load, "CHUNK", 2)
+    monkeypatch.setattr(load, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(load, "PICKLES_PER_CHUNK", 1)
+    monkeypatch.setattr(collection, "CHUNK", 2)  # the spool pickles every two rows
     day = date(2026, 11, 20)
     rows = [_cost_row(day - timedelta(days=d)) for d in range(5)]
     del rows[3]["usage_date"]  # in the second chunk
-    with pytest.raises(KeyError, match="usage_date"), engine.begin() as conn:
-        load.upsert(conn, schema.costs_daily, rows, accumulate=("cost",))
+    spool = collection.Spool(rows)
+    with (
+        load.helper_for(spool) as pool,
+        pytest.raises(KeyError, match="usage_date"),
+        engine.begin() as conn,
+    ):
+        load.upsert(conn, schema.costs_daily, spool, ("cost",), pool if helper else None)
     assert _count(engine, schema.costs_daily) == 0
     engine.dispose()
+
+
+def test_a_helper_process_stores_what_the_job_itself_would(db_url, monkeypatch):
+    """A large spool's chunks are prepared in a helper process: the same rows are stored as
+    when the job prepares them itself (cost rows of one key added up across chunks and pages,
+    hours given with a time zone stored as naive UTC)."""
+    from finops import collection
+    from finops.store import load
+
+    engine = engine_for(db_url)
+    upgrade(engine)
+    monkeypatch.setattr(load, "CHUNK", 6)
+    monkeypatch.setattr(load, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(load, "PICKLES_PER_CHUNK", 2)
+    monkeypatch.setattr(collection, "CHUNK", 3)  # the spool pickles every three rows
+    day = date(2026, 11, 20)
+    ids = [RID.replace("vm1", f"vm{i}") for i in range(4)]
+    costs = [
+        {**_cost_row(day - timedelta(days=d % 3), cost=f"{d}.5"), "resource_id": rid}
+        for d in range(5)
+        for rid in ids
+    ]
+    hours = [NOW - timedelta(hours=h) for h in range(6)]
+    metrics = [
+        {
+            "resource_id": rid,
+            "metric": "cpu",
+            "ts": hour,  # collected hours are naive UTC already
+            "average": float(i),
+            "maximum": 2.0 * i,
+        }
+        for i, (rid, hour) in enumerate((rid, hour) for rid in ids for hour in hours)
+    ]
+    stored = []
+    with load.helper_for(collection.Spool(costs)) as pool:
+        submitted = []
+
+        class Counted:
+            def submit(self, *task):
+                submitted.append(task)
+                return pool.submit(*task)
+
+        for helper in (None, Counted()):
+            with engine.connect() as conn, conn.begin() as transaction:
+                given = load.upsert(
+                    conn, schema.costs_daily, collection.Spool(costs), ("cost",), helper
+                )
+                given += load.upsert(
+                    conn, schema.metrics_hourly, collection.Spool(metrics), helper=helper
+                )
+                assert given == len(costs) + len(metrics)
+                tables = (
+                    series.by_resource_id(schema.costs_daily).subquery(),
+                    series.metrics(),
+                )
+                # keys may differ between the two loads (a rolled-back sequence moves on)
+                stored.append(
+                    [
+                        sorted(
+                            conn.execute(
+                                select(*(c for c in t.c if c.name != "resource_key"))
+                            ).all()
+                        )
+                        for t in tables
+                    ]
+                )
+                transaction.rollback()
+    engine.dispose()
+    assert len(submitted) > 2  # both tables, more than one chunk each
+    here, helped = stored
+    assert here == helped
+    assert len(here[0]) == 12 and len(here[1]) == 24  # 4 VMs x 3 days; 4 VMs x 6 hours
+    assert {row.ts for row in here[1]} == {hour.replace(tzinfo=None) for hour in hours}

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import multiprocessing
+import pickle
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from itertools import islice
 from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import registry, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from finops.collection import Collection, CostFile, CostFileError, Row
+from finops.collection import CHUNK as SPOOL_CHUNK
+from finops.collection import Collection, CostFile, CostFileError, Row, Spool
 from finops.store import schema
 from finops.store.costs import ACTUAL, AMORTIZED, FOCUS, LIST, QUERY
 from finops.store.series import RESOURCE_ID, RESOURCE_KEY, ResourceKeys
@@ -45,7 +51,11 @@ def insert(conn: Connection, table: Table, rows: Iterable[Row], **extra: Any) ->
 
 
 def upsert(
-    conn: Connection, table: Table, rows: Iterable[Row], accumulate: Sequence[str] = ()
+    conn: Connection,
+    table: Table,
+    rows: Iterable[Row],
+    accumulate: Sequence[str] = (),
+    helper: Executor | None = None,
 ) -> int:
     """Insert, or update the non-key columns where the primary key already exists (adding to
     the stored value for the columns in `accumulate`; rows of one key in one call add up there
@@ -54,22 +64,34 @@ def upsert(
     go in key order (SQLite's index pages stay in cache) as one DBAPI executemany (SQLite) or
     COPY (PostgreSQL): SQLAlchemy's per-row parameter handling cost as much as the database's
     own work. Values pass through the columns' own bind processors, so they are stored exactly
-    as SQLAlchemy stores them."""
-    write = {"postgresql": _copy_upsert, "sqlite": _executemany_upsert}.get(conn.dialect.name)
-    if write is None:
-        raise NotImplementedError(f"upsert is not written for {conn.dialect.name}")
-    keys = [c.name for c in table.primary_key.columns]
-    key = itemgetter(*(_given(k) for k in keys))
+    as SQLAlchemy stores them. With a `helper` process, a large spool's chunks are sorted and
+    converted there while the database writes the chunk before."""
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        sql, names = _sqlite_upsert(conn, table, accumulate)
+    elif dialect.name == "postgresql":
+        names = tuple(c.name for c in table.columns)
+    else:
+        raise NotImplementedError(f"upsert is not written for {dialect.name}")
+    prepare = Prepare(
+        f"{dialect.name}.{dialect.driver}",
+        table.name,
+        names,
+        tuple(accumulate),
+        merge=dialect.name == "postgresql",
+    )
     count = 0
 
-    def in_key_order() -> Iterator[list[Row]]:
+    def prepared() -> Iterator[list[tuple]]:
         nonlocal count
-        for chunk in _chunks(rows):
-            chunk.sort(key=key)
-            count += len(chunk)
-            yield chunk
+        for given, values in _prepared(prepare, rows, helper):
+            count += given
+            yield values
 
-    write(conn, table, keys, accumulate, in_key_order())
+    if dialect.name == "sqlite":
+        _executemany_upsert(conn, sql, names, prepared())
+    else:
+        _copy_upsert(conn, table, accumulate, prepared())
     return count
 
 
@@ -78,13 +100,71 @@ def _given(column: str) -> str:
     return RESOURCE_ID if column == RESOURCE_KEY else column
 
 
-def _executemany_upsert(
-    conn: Connection,
-    table: Table,
-    keys: list[str],
-    accumulate: Sequence[str],
-    chunks: Iterator[list[Row]],
-) -> None:
+@dataclass(frozen=True)
+class Prepare:
+    """Turns a chunk of rows into the statement's parameter tuples, sorted by key, a resource
+    key's place still holding the resource id. Picklable, so that a helper process can do it."""
+
+    dialect: str  # name.driver
+    table: str
+    names: tuple[str, ...]  # the statement's columns, in its order
+    accumulate: tuple[str, ...]
+    merge: bool  # rows of one key merged into one (PostgreSQL's ON CONFLICT updates a row once)
+
+    def __call__(self, rows: list[Row]) -> list[tuple]:
+        table = schema.metadata.tables[self.table]
+        key = itemgetter(*(_given(c.name) for c in table.primary_key.columns))
+        rows.sort(key=key)
+        chosen = _one_per_key(rows, key, self.accumulate) if self.merge else rows
+        values = _converter(self)
+        return [values(row) for row in chosen]
+
+
+PARALLEL_FROM = 3 * CHUNK  # rows of a spool: for fewer, the helper process costs more than it saves
+PICKLES_PER_CHUNK = CHUNK // SPOOL_CHUNK
+
+
+def _prepared(
+    prepare: Prepare, rows: Iterable[Row], helper: Executor | None
+) -> Iterator[tuple[int, list[tuple]]]:
+    """(rows given, their parameter tuples) a chunk at a time, prepared in this process or,
+    for a large spool, two chunks ahead in the helper's."""
+    if helper is None or not isinstance(rows, Spool) or len(rows) < PARALLEL_FROM:
+        for chunk in _chunks(rows):
+            yield len(chunk), prepare(chunk)
+        return
+    pickled = rows.pickled()
+    groups = iter(lambda: list(islice(pickled, PICKLES_PER_CHUNK)), [])
+    waiting = deque(helper.submit(_unpickle_and_prepare, prepare, g) for g in islice(groups, 2))
+    while waiting:
+        first = waiting.popleft()
+        waiting.extend(helper.submit(_unpickle_and_prepare, prepare, g) for g in islice(groups, 1))
+        yield first.result()
+
+
+def _unpickle_and_prepare(prepare: Prepare, pickled: list[bytes]) -> tuple[int, list[tuple]]:
+    rows = [row for chunk in pickled for row in pickle.loads(chunk)]
+    return len(rows), prepare(rows)
+
+
+@contextmanager
+def helper_for(*spools: Spool) -> Iterator[Executor | None]:
+    """A process that sorts and converts the large spools' chunks while the database writes
+    (the job's Python work and the database's took turns on one core); None for a small night.
+    Started at once, so that it imports while the night's snapshots load."""
+    if max((len(spool) for spool in spools), default=0) < PARALLEL_FROM:
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(int)
+        yield pool
+
+
+def _sqlite_upsert(
+    conn: Connection, table: Table, accumulate: Sequence[str]
+) -> tuple[str, tuple[str, ...]]:
+    """SQLite's upsert statement and the columns of its parameters, in order."""
+    keys = [c.name for c in table.primary_key.columns]
     stmt = sqlite.insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys,
@@ -95,36 +175,41 @@ def _executemany_upsert(
         },
     )
     compiled = stmt.compile(dialect=conn.dialect, column_keys=[c.name for c in table.columns])
+    return str(compiled), tuple(compiled.positiontup)
+
+
+def _executemany_upsert(
+    conn: Connection, sql: str, names: Sequence[str], chunks: Iterator[list[tuple]]
+) -> None:
     # a time series' resource keys are looked up in Python: by a subquery a row, SQLite's
     # insert took a third longer
+    at = names.index(RESOURCE_KEY) if RESOURCE_KEY in names else None
     resource_keys = ResourceKeys()
-    values = _converter(conn, table, compiled.positiontup, resource_keys.known.__getitem__)
-    sql, keyed = str(compiled), RESOURCE_KEY in table.c
     for chunk in chunks:
-        if keyed:
-            resource_keys.cover(conn, {row[RESOURCE_ID] for row in chunk})
+        if at is not None:
+            resource_keys.cover(conn, {values[at] for values in chunk})
+            known = resource_keys.known
+            chunk = [(*values[:at], known[values[at]], *values[at + 1 :]) for values in chunk]
         # one key twice in one chunk: the second updates the first, as a second statement would
-        conn.exec_driver_sql(sql, [values(row) for row in chunk])
+        conn.exec_driver_sql(sql, chunk)
 
 
-def _converter(
-    conn: Connection,
-    table: Table,
-    names: Sequence[str],
-    key_of: Callable[[str], int] | None = None,
-) -> Callable[[Row], tuple]:
-    """A row's values for the columns `names`, as SQLAlchemy's bind processors give them; for
-    a resource key, `key_of` the row's resource id (or the id itself without `key_of`)."""
-    dialect = conn.dialect
+@lru_cache(maxsize=64)
+def _converter(prepare: Prepare) -> Callable[[Row], tuple]:
+    """A row's values for the columns `prepare.names`, as SQLAlchemy's bind processors give
+    them (a resource key's place holds the row's resource id)."""
+    dialect = registry.load(prepare.dialect)()
+    table = schema.metadata.tables[prepare.table]
 
     def processor(name: str) -> Callable[[Any], Any] | None:
         if name == RESOURCE_KEY:
-            return key_of
-        fn = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        return fn and _faster(table.c[name].type.python_type, fn)
+            return None
+        column_type = table.c[name].type
+        process = column_type.dialect_impl(dialect).bind_processor(dialect)
+        return _bind(column_type.python_type, process)
 
-    processors = [(i, fn) for i, name in enumerate(names) if (fn := processor(name)) is not None]
-    given = [_given(name) for name in names]
+    processors = [(i, fn) for i, n in enumerate(prepare.names) if (fn := processor(n)) is not None]
+    given = [_given(name) for name in prepare.names]
     pick = itemgetter(*given)
 
     def values(row: Row) -> tuple:
@@ -146,42 +231,47 @@ _PROBES = {date: date(987, 6, 5), datetime: datetime(987, 6, 5, 4, 3, 2, 1)}
 _ISO = {date: date.isoformat, datetime: lambda moment: moment.isoformat(" ", "microseconds")}
 
 
-def _faster(kind: type, process: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """SQLite's date and datetime bind processors build each ISO 8601 string in Python, the
-    larger part of converting a night's rows; isoformat writes the same string in C. Checked
-    on a probe value, and used only for naive values of exactly that type."""
+def _bind(kind: type, process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """A column's bind processor as the load applies it. Datetimes are stored as naive UTC (a
+    PostgreSQL timestamp without time zone would drop an offset). SQLite's date and datetime
+    bind processors build each ISO 8601 string in Python, the larger part of converting a
+    night's rows; isoformat writes the same string in C (checked on a probe value)."""
     iso = _ISO.get(kind)
-    if iso is None or process(_PROBES[kind]) != iso(_PROBES[kind]):
-        return process
+    if iso is not None and process is not None and process(_PROBES[kind]) != iso(_PROBES[kind]):
+        iso = None
+    if kind is datetime:
+        write = iso or process
 
-    def convert(value: Any) -> Any:
-        if type(value) is kind and (kind is date or value.tzinfo is None):
-            return iso(value)
-        return process(value)
+        def moment(value: Any) -> Any:
+            if type(value) is datetime and value.tzinfo is not None:
+                value = utc_naive(value)
+            if type(value) is datetime and write is not None:
+                return write(value)
+            return process(value) if process is not None else value
 
-    return convert
+        return moment
+    if kind is date and iso is not None and process is not None:
+        return lambda value: iso(value) if type(value) is date else process(value)
+    return process
 
 
 def _copy_upsert(
     conn: Connection,
     table: Table,
-    keys: list[str],
     accumulate: Sequence[str],
-    chunks: Iterator[list[Row]],
+    chunks: Iterator[list[tuple]],
 ) -> None:
     """COPY each chunk into a temporary table, then one INSERT .. SELECT from it: a plain one
     while no row's key is stored yet (the Query API's windows were deleted first, so a night's
     cost rows are new), else, from the first chunk that meets a stored key, ON CONFLICT, whose
-    check before each row cost the server 40 % more. Rows of one key are merged in Python
-    first: ON CONFLICT can't update a row twice, and merging them in the INSERT (GROUP BY with
-    array_agg) cost PostgreSQL 60 % more time than the insert. While PostgreSQL inserts a chunk,
-    a thread reads, sorts and converts the next (a 10k-VM night's load: 41-42 s -> 31-37 s);
-    started before the COPY, it only contended for the GIL and was slower. A time series'
-    rows are staged with their resource ids, and PostgreSQL finds or adds their keys."""
+    check before each row cost the server 40 % more. Rows of one key were merged in Python
+    (`Prepare`): ON CONFLICT can't update a row twice, and merging them in the INSERT (GROUP
+    BY with array_agg) cost PostgreSQL 60 % more time than the insert. A time series' rows are
+    staged with their resource ids, and PostgreSQL finds or adds their keys."""
     names = [c.name for c in table.columns]
+    keys = [c.name for c in table.primary_key.columns]
     given = [_given(n) for n in names]
     stage = f"stage_{table.name}"
-    values, key = _converter(conn, table, names), itemgetter(*(_given(k) for k in keys))
     updates = [
         f"{n} = {table.name}.{n} + excluded.{n}" if n in accumulate else f"{n} = excluded.{n}"
         for n in names
@@ -202,29 +292,20 @@ def _copy_upsert(
         + f" FROM {table.name} t JOIN resources r ON false WITH NO DATA"
     )
     stored_keys_met = False
-
-    def next_prepared() -> list[tuple] | None:
-        chunk = next(chunks, None)
-        return None if chunk is None else [values(r) for r in _one_per_key(chunk, key, accumulate)]
-
-    with ThreadPoolExecutor(1, thread_name_prefix="finops-load") as pool:
-        prepared = next_prepared()
-        while prepared is not None:
-            # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy
-            # reports it (created here, not once: a rolled-back savepoint drops it)
-            conn.exec_driver_sql(create_stage)
-            conn.exec_driver_sql(f"TRUNCATE {stage}")
-            cursor = conn.connection.driver_connection.cursor()
-            with cursor.copy(f"COPY {stage} ({', '.join(given)}) FROM STDIN") as copy:
-                for row in prepared:
-                    copy.write_row(row)
-            following = pool.submit(next_prepared)
-            if RESOURCE_KEY in names:
-                conn.exec_driver_sql(new_resources)
-            if stored_keys_met or not _inserted(conn, insert):
-                stored_keys_met = True
-                conn.exec_driver_sql(merge)
-            prepared = following.result()
+    for chunk in chunks:
+        # without the table's constraints: a bad row fails in the INSERT, as SQLAlchemy
+        # reports it (created here, not once: a rolled-back savepoint drops it)
+        conn.exec_driver_sql(create_stage)
+        conn.exec_driver_sql(f"TRUNCATE {stage}")
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {stage} ({', '.join(given)}) FROM STDIN") as copy:
+            for values in chunk:
+                copy.write_row(values)
+        if RESOURCE_KEY in names:
+            conn.exec_driver_sql(new_resources)
+        if stored_keys_met or not _inserted(conn, insert):
+            stored_keys_met = True
+            conn.exec_driver_sql(merge)
 
 
 def _inserted(conn: Connection, insert: str) -> bool:
@@ -262,39 +343,34 @@ def _add(stored: Any, new: Any) -> Any:
 
 def load_night(conn: Connection, run_id: int, night: Collection) -> dict[str, int]:
     """Write the whole collection inside the caller's transaction; returns row counts."""
-    counts = {
-        "subscriptions": insert(conn, schema.subscriptions, night.subscriptions, run_id=run_id),
-        "vms": insert(conn, schema.vms, night.vms, run_id=run_id),
-        "vm_sizes": insert(conn, schema.vm_sizes, night.vm_sizes, run_id=run_id),
-        "quotas": insert(conn, schema.quotas, night.quotas, run_id=run_id),
-        "schedules": insert(conn, schema.schedules, night.schedules, run_id=run_id),
-        "resource_groups": insert(
-            conn, schema.resource_groups, night.resource_groups, run_id=run_id
-        ),
-        "ai_deployments": insert(conn, schema.ai_deployments, night.ai_deployments, run_id=run_id),
-        "disks": insert(
-            conn,
-            schema.disks,
-            (
-                {**d, "owner_changed": d["owner_changed"] and utc_naive(d["owner_changed"])}
-                for d in night.disks
+    with helper_for(night.metrics, night.costs) as helper:
+        counts = {
+            "subscriptions": insert(conn, schema.subscriptions, night.subscriptions, run_id=run_id),
+            "vms": insert(conn, schema.vms, night.vms, run_id=run_id),
+            "vm_sizes": insert(conn, schema.vm_sizes, night.vm_sizes, run_id=run_id),
+            "quotas": insert(conn, schema.quotas, night.quotas, run_id=run_id),
+            "schedules": insert(conn, schema.schedules, night.schedules, run_id=run_id),
+            "resource_groups": insert(
+                conn, schema.resource_groups, night.resource_groups, run_id=run_id
             ),
-            run_id=run_id,
-        ),
-        "vm_prices": insert(conn, schema.vm_prices, night.vm_prices, run_id=run_id),
-        "metrics": upsert(
-            conn,
-            schema.metrics_hourly,
-            # collected rows are naive UTC already; rows given by hand may not be
-            (
-                m if m["ts"].tzinfo is None else {**m, "ts": utc_naive(m["ts"])}
-                for m in night.metrics
+            "ai_deployments": insert(
+                conn, schema.ai_deployments, night.ai_deployments, run_id=run_id
             ),
-        ),
-        "costs": replace_query_costs(conn, night.cost_windows, night.costs),
-        "cost_files": 0,
-        "cost_file_rows": 0,
-    }
+            "disks": insert(
+                conn,
+                schema.disks,
+                (
+                    {**d, "owner_changed": d["owner_changed"] and utc_naive(d["owner_changed"])}
+                    for d in night.disks
+                ),
+                run_id=run_id,
+            ),
+            "vm_prices": insert(conn, schema.vm_prices, night.vm_prices, run_id=run_id),
+            "metrics": upsert(conn, schema.metrics_hourly, night.metrics, helper=helper),
+            "costs": replace_query_costs(conn, night.cost_windows, night.costs, helper),
+            "cost_files": 0,
+            "cost_file_rows": 0,
+        }
     for file in night.cost_files:
         try:
             with conn.begin_nested():
@@ -321,7 +397,10 @@ def refresh_statistics(conn: Connection) -> None:
 
 
 def replace_query_costs(
-    conn: Connection, windows: Iterable[tuple[str, str, date, date]], rows: Iterable[Row]
+    conn: Connection,
+    windows: Iterable[tuple[str, str, date, date]],
+    rows: Iterable[Row],
+    helper: Executor | None = None,
 ) -> int:
     """The Query API's rows replace what the store held for the windows fetched: a cost that
     moved or vanished while it settled does not linger. Rows of one resource, day and meter
@@ -344,7 +423,7 @@ def replace_query_costs(
                 costs.c.cost_type == cost_type,
             )
         )
-    return upsert(conn, costs, rows, accumulate=("cost",))
+    return upsert(conn, costs, rows, accumulate=("cost",), helper=helper)
 
 
 COST_COLUMNS = ((ACTUAL, "billed"), (AMORTIZED, "effective"), (LIST, "list"))
