@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -108,18 +109,42 @@ def requests_so_far(url: str, ca_file: str) -> int:
 
 
 # -- one night, in a process of its own ----------------------------------------------------------
-# The night's own process and its helper (the load's, once it has ended): the helper's CPU
-# counts, and its peak adds to the night's (an upper bound: the two peaks may not coincide).
-WHOLE_NIGHT = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-
-
 def cpu_seconds() -> float:
-    usages = [resource.getrusage(who) for who in WHOLE_NIGHT]
+    """The process's CPU time and its ended children's: the load's helper process."""
+    usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def peak_rss_mb() -> float:
-    return sum(resource.getrusage(who).ru_maxrss for who in WHOLE_NIGHT) / 1024  # KiB on Linux
+class ChildrenPeak(threading.Thread):
+    """The largest peak RSS of this process's children (the load's helper), read from /proc
+    while they live: getrusage's figure for children also counts a child forked to run another
+    program at the size of the process it was forked from."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.kib = 0
+
+    def run(self) -> None:
+        me = str(os.getpid())
+        while True:
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
+                        continue
+                    status = (stat.parent / "status").read_text()
+                except (OSError, IndexError):
+                    continue  # ended meanwhile
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.kib = max(self.kib, int(line.split()[1]))
+            time.sleep(0.2)
+
+
+def peak_rss_mb(children: ChildrenPeak | None = None) -> float:
+    """The night's peak RSS and its helper's, added up (an upper bound: the two peaks need not
+    coincide)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return (kib + (children.kib if children else 0)) / 1024
 
 
 def night(args: argparse.Namespace) -> None:
@@ -133,6 +158,8 @@ def night(args: argparse.Namespace) -> None:
     url, ca_file = os.environ["FINOPS_AZURE__ARM_ENDPOINT"], os.environ["FINOPS_AZURE__CA_FILE"]
     phases = {p: {"wall_s": 0.0, "cpu_s": 0.0, "requests": 0, "rows": 0} for p in PHASES}
     open_steps: dict[str, tuple[float, float, int]] = {}
+    children = ChildrenPeak()
+    children.start()
 
     def probe(name: str, when: str) -> None:
         phase = "collect" if name.startswith("collect") else name
@@ -146,7 +173,7 @@ def night(args: argparse.Namespace) -> None:
         phases[phase]["wall_s"] += now[0] - began[0]
         phases[phase]["cpu_s"] += now[1] - began[1]
         phases[phase]["requests"] += now[2] - began[2]
-        phases[phase]["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        phases[phase]["peak_rss_mb"] = round(peak_rss_mb(children), 1)
 
     pipeline.STEP_OBSERVERS.append(probe)
     settings = load_settings()
@@ -174,7 +201,7 @@ def night(args: argparse.Namespace) -> None:
                 "phases": phases,
                 "wall_s": round(total, 2),
                 "cpu_s": round(cpu_seconds(), 2),
-                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "peak_rss_mb": round(peak_rss_mb(children), 1),
                 "requests": sum(p["requests"] for p in phases.values()),
                 "rows_loaded": rows,
                 "rows_per_s": round(rows / max(phases["load"]["wall_s"], 0.001)),
