@@ -399,6 +399,18 @@ def test_each_resource_keeps_one_key_when_ids_are_forgotten_between_chunks(db_ur
     )
 
 
+def _small_chunks(monkeypatch, rows: int, pickled: int) -> None:
+    """The load's chunks of `rows` rows, spools pickled every `pickled` rows, and every spool
+    large enough for the helper process."""
+    from finops import collection
+    from finops.store import load
+
+    monkeypatch.setattr(load, "CHUNK", rows)
+    monkeypatch.setattr(load, "PARALLEL_FROM", 1)
+    monkeypatch.setattr(load, "PICKLES_PER_CHUNK", rows // pickled)
+    monkeypatch.setattr(collection, "CHUNK", pickled)
+
+
 @pytest.mark.parametrize("helper", [False, True], ids=["here", "helper-process"])
 def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch, helper):
     """Chunks are sorted and converted ahead of the database, in a helper process for a large
@@ -408,10 +420,7 @@ def test_a_bad_row_fails_the_upsert_from_any_chunk(db_url, monkeypatch, helper):
 
     engine = engine_for(db_url)
     upgrade(engine)
-    monkeypatch.setattr(load, "CHUNK", 2)
-    monkeypatch.setattr(load, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(load, "PICKLES_PER_CHUNK", 1)
-    monkeypatch.setattr(collection, "CHUNK", 2)  # the spool pickles every two rows
+    _small_chunks(monkeypatch, rows=2, pickled=2)
     day = date(2026, 11, 20)
     rows = [_cost_row(day - timedelta(days=d)) for d in range(5)]
     del rows[3]["usage_date"]  # in the second chunk
@@ -435,10 +444,7 @@ def test_a_helper_process_stores_what_the_job_itself_would(db_url, monkeypatch):
 
     engine = engine_for(db_url)
     upgrade(engine)
-    monkeypatch.setattr(load, "CHUNK", 6)
-    monkeypatch.setattr(load, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(load, "PICKLES_PER_CHUNK", 2)
-    monkeypatch.setattr(collection, "CHUNK", 3)  # the spool pickles every three rows
+    _small_chunks(monkeypatch, rows=6, pickled=3)
     day = date(2026, 11, 20)
     ids = [RID.replace("vm1", f"vm{i}") for i in range(4)]
     costs = [
@@ -497,3 +503,45 @@ def test_a_helper_process_stores_what_the_job_itself_would(db_url, monkeypatch):
     assert here == helped
     assert len(here[0]) == 12 and len(here[1]) == 24  # 4 VMs x 3 days; 4 VMs x 6 hours
     assert {row.ts for row in here[1]} == {hour.replace(tzinfo=None) for hour in hours}
+
+
+def test_a_killed_job_leaves_no_helper_process_behind(tmp_path):
+    """A night killed during its load (a cron timeout, SIGKILL) takes the load's helper process
+    with it, instead of leaving it waiting for work forever."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+    from pathlib import Path
+
+    job = tmp_path / "job.py"
+    job.write_text(
+        textwrap.dedent(
+            """
+            import os, signal
+            from finops.collection import Spool
+            from finops.store import load
+
+            if __name__ == "__main__":
+                load.PARALLEL_FROM = 1
+                with load.helper_for(Spool([{"i": 1}])) as pool:
+                    print(pool.submit(os.getpid).result(), flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(job)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    helper = Path(f"/proc/{int(done.stdout)}/stat")
+
+    def alive() -> bool:
+        try:
+            return helper.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive()

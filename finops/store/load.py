@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -155,9 +158,23 @@ def helper_for(*spools: Spool) -> Iterator[Executor | None]:
     if max((len(spool) for spool in spools), default=0) < PARALLEL_FROM:
         yield None
         return
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # spawned, not forked: the job may hold threads (the scheduler's) whose locks a fork copies
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, spawn, _end_with, (os.getpid(),)) as pool:
         pool.submit(int)
         yield pool
+
+
+def _end_with(job: int) -> None:
+    """In the helper: end when the job does. A killed job's helper would otherwise wait for
+    work forever (it holds its own queue's other end, so it never reads an end of file)."""
+
+    def watch() -> None:
+        while os.getppid() == job:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="finops-end-with-job", daemon=True).start()
 
 
 def _sqlite_upsert(
