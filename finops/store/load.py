@@ -254,7 +254,7 @@ def _bind(kind: type, process: Callable[[Any], Any] | None) -> Callable[[Any], A
     bind processors build each ISO 8601 string in Python, the larger part of converting a
     night's rows; isoformat writes the same string in C (checked on a probe value)."""
     iso = _ISO.get(kind)
-    if iso is not None and process is not None and process(_PROBES[kind]) != iso(_PROBES[kind]):
+    if iso is not None and (process is None or process(_PROBES[kind]) != iso(_PROBES[kind])):
         iso = None
     if kind is datetime:
         write = iso or process
@@ -267,7 +267,7 @@ def _bind(kind: type, process: Callable[[Any], Any] | None) -> Callable[[Any], A
             return process(value) if process is not None else value
 
         return moment
-    if kind is date and iso is not None and process is not None:
+    if kind is date and iso is not None:
         return lambda value: iso(value) if type(value) is date else process(value)
     return process
 
