@@ -154,7 +154,9 @@ def _unpickle_and_prepare(prepare: Prepare, pickled: list[bytes]) -> tuple[int, 
 def helper_for(*spools: Spool) -> Iterator[Executor | None]:
     """A process that sorts and converts the large spools' chunks while the database writes
     (the job's Python work and the database's took turns on one core); None for a small night.
-    Started at once, so that it imports while the night's snapshots load."""
+    Started at once, so that it imports while the night's snapshots load. Spawned, it runs the
+    main script again as a module: a script that runs a night must do so under
+    `if __name__ == "__main__":` (as the `finops` command, the scheduler and Functions do)."""
     if max((len(spool) for spool in spools), default=0) < PARALLEL_FROM:
         yield None
         return
