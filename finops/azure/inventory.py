@@ -16,6 +16,7 @@ from finops.azure import graph
 from finops.azure.clients import AzureClients
 from finops.catalog import gpu_size
 from finops.collection import Row
+from finops.store.costs import scope_of
 
 _GPU_FAMILY = re.compile(r"^standardn[cdv]", re.IGNORECASE)
 
@@ -72,19 +73,24 @@ VMS = """Resources
   osType = properties.storageProfile.osDisk.osType, priority = properties.priority"""
 
 
-def _subscription_of(resource_id: str) -> str:
-    return resource_id.split("/")[2].lower()
+def _placed(resource: Row) -> Row:
+    """What every listed resource is stored with: its lower-cased id, its name, subscription,
+    resource group and region."""
+    resource_id = resource["id"].lower()
+    return {
+        "resource_id": resource_id,
+        "name": resource.get("name"),
+        "subscription_id": scope_of(resource_id)[0],
+        "resource_group": _resource_group(resource["id"]),
+        "location": (resource.get("location") or "").lower(),
+    }
 
 
 def vms(clients: AzureClients, subscriptions: list[str]) -> Iterator[Row]:
     """The subscriptions' VMs with their power state, from Resource Graph, page by page."""
     return (
         {
-            "resource_id": vm["id"].lower(),
-            "name": vm.get("name"),
-            "subscription_id": _subscription_of(vm["id"]),
-            "resource_group": _resource_group(vm["id"]),
-            "location": (vm.get("location") or "").lower(),
+            **_placed(vm),
             "size": vm.get("size") or "unknown",
             "power_state": _power_state(vm.get("powerState")),
             "os_type": vm.get("osType") or "unknown",
@@ -171,7 +177,7 @@ def resource_groups(clients: AzureClients, subscriptions: list[str]) -> list[Row
     """The subscriptions' resource groups with their tags."""
     return [
         {
-            "subscription_id": _subscription_of(group["id"]),
+            "subscription_id": scope_of(group["id"].lower())[0],
             "name": group["name"].lower(),
             "tags": dict(group.get("tags") or {}),
         }
@@ -191,11 +197,7 @@ def disks(clients: AzureClients, subscriptions: list[str]) -> Iterator[Row]:
     """The subscriptions' managed disks with their attachment state, page by page."""
     for disk in graph.query(clients, subscriptions, DISKS):
         yield {
-            "resource_id": disk["id"].lower(),
-            "name": disk.get("name"),
-            "subscription_id": _subscription_of(disk["id"]),
-            "resource_group": _resource_group(disk["id"]),
-            "location": (disk.get("location") or "").lower(),
+            **_placed(disk),
             "sku": disk.get("sku") or "unknown",
             "size_gb": int(disk.get("sizeGb") or 0),
             "state": disk.get("state") or "unknown",
