@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from finops.store.schema import metadata
+from finops.store.schema import compared_on, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -10,6 +10,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_object=compared_on(connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()

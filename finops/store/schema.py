@@ -8,6 +8,9 @@ Timestamps are naive UTC. Money is Numeric(18, 6) beside its currency.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -26,6 +29,8 @@ from sqlalchemy import (
 )
 
 Money = Numeric(18, 6, asdecimal=True)
+
+
 # Nights whose findings stand: complete ones, and partial ones (some source failed; the rules
 # judged only what was collected).
 ANALYSED = ("succeeded", "partial")
@@ -290,15 +295,48 @@ audit = Table(
     Column("error", Text),
 )
 
+
+def only_on(dialect: str, index: Index) -> Index:
+    """An index created on one dialect's stores only."""
+    index.info["dialect"] = dialect
+    return index.ddl_if(dialect=dialect)
+
+
+def compared_on(dialect: str) -> Callable[..., bool]:
+    """Alembic's include_object for comparing a `dialect` store with this schema: another
+    dialect's own indexes are not expected there."""
+
+    def compared(obj: Any, _name: Any, kind: str, _reflected: bool, _to: Any) -> bool:
+        return kind != "index" or obj.info.get("dialect", dialect) == dialect
+
+    return compared
+
+
 Index("ix_resources_resource_id", resources.c.resource_id, unique=True)
 Index("ix_audit_plan", audit.c.plan_id, audit.c.action_index)
-Index(
-    "ix_costs_daily_day",
-    costs_daily.c.usage_date,
-    costs_daily.c.source,
-    costs_daily.c.subscription_id,
-    # the report's sums per source, subscription and day read only this index
-    costs_daily.c.cost,
-    costs_daily.c.currency,
+# The day index: the report's sums per source, subscription and day, and the deletes of the
+# Query API's windows, read a window's rows through it. On SQLite it also holds the primary key
+# (WITHOUT ROWID), so with the cost and currency the report reads it alone. PostgreSQL reads the
+# table for the cost type anyway; there the three columns alone deduplicate to a twelfth of the
+# size (10k VMs' month of cost: 12 MB, not 141), and its inserts cost less (see sql/ 0012).
+only_on(
+    "sqlite",
+    Index(
+        "ix_costs_daily_day",
+        costs_daily.c.usage_date,
+        costs_daily.c.source,
+        costs_daily.c.subscription_id,
+        costs_daily.c.cost,
+        costs_daily.c.currency,
+    ),
+)
+only_on(
+    "postgresql",
+    Index(
+        "ix_costs_daily_day_pg",
+        costs_daily.c.usage_date,
+        costs_daily.c.source,
+        costs_daily.c.subscription_id,
+    ),
 )
 Index("ix_findings_resource", findings.c.rule_id, findings.c.resource_id)
