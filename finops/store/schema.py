@@ -29,8 +29,6 @@ from sqlalchemy import (
 )
 
 Money = Numeric(18, 6, asdecimal=True)
-
-
 # Nights whose findings stand: complete ones, and partial ones (some source failed; the rules
 # judged only what was collected).
 ANALYSED = ("succeeded", "partial")
