@@ -463,7 +463,7 @@ def test_a_helper_process_stores_what_the_job_itself_would(db_url, monkeypatch):
         {
             "resource_id": rid,
             "metric": "cpu",
-            "ts": hour,  # collected hours are naive UTC already
+            "ts": hour,  # with a time zone: stored as naive UTC
             "average": float(i),
             "maximum": 2.0 * i,
         }

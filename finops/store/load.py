@@ -94,7 +94,7 @@ def upsert(
     if dialect.name == "sqlite":
         _executemany_upsert(conn, sql, names, prepared())
     else:
-        _copy_upsert(conn, table, accumulate, prepared())
+        _copy_upsert(conn, table, names, accumulate, prepared())
     return count
 
 
@@ -277,6 +277,7 @@ def _bind(kind: type, process: Callable[[Any], Any] | None) -> Callable[[Any], A
 def _copy_upsert(
     conn: Connection,
     table: Table,
+    names: Sequence[str],
     accumulate: Sequence[str],
     chunks: Iterator[list[tuple]],
 ) -> None:
@@ -286,8 +287,8 @@ def _copy_upsert(
     check before each row cost the server 40 % more. Rows of one key were merged in Python
     (`Prepare`): ON CONFLICT can't update a row twice, and merging them in the INSERT (GROUP
     BY with array_agg) cost PostgreSQL 60 % more time than the insert. A time series' rows are
-    staged with their resource ids, and PostgreSQL finds or adds their keys."""
-    names = [c.name for c in table.columns]
+    staged with their resource ids, and PostgreSQL finds or adds their keys. `names`: the
+    chunks' columns, in their order."""
     keys = [c.name for c in table.primary_key.columns]
     given = [_given(n) for n in names]
     stage = f"stage_{table.name}"
