@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean function-package bench
+.PHONY: demo test lint install clean function-package bench system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 $(AZURITE):
 	npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@3
 
+# PostgreSQL's server, Chromium and npm: installed as root, else one line says what to run
+system-packages:
+	@.ci/system-packages
+
 # two workers: most tests wait on servers and subprocesses, not on the CPU
-test: $(STAMP) $(AZURITE)
+test: system-packages $(STAMP) $(AZURITE)
 	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from finops import rules
+from finops import clock, rules
 from finops.azure import COLLECTION_ERRORS, costs, focus, inventory, metrics, openai, prices
 from finops.azure.clients import AzureClients
 from finops.collection import Collection, Row, Spool
@@ -329,7 +329,7 @@ def fail_run(engine: Engine, run_id: int, error: BaseException) -> None:
         conn.execute(
             update(schema.runs)
             .where(schema.runs.c.id == run_id)
-            .values(status="failed", finished_at=utc_naive(datetime.now(UTC)), error=message)
+            .values(status="failed", finished_at=utc_naive(clock.now()), error=message)
         )
 
 
@@ -341,7 +341,7 @@ def fail_interrupted_runs(engine: Engine) -> None:
             .where(schema.runs.c.status == "running")
             .values(
                 status="failed",
-                finished_at=utc_naive(datetime.now(UTC)),
+                finished_at=utc_naive(clock.now()),
                 error="interrupted: the process ended before the night was stored",
             )
         ).rowcount
@@ -427,7 +427,7 @@ def store_night(
             .where(runs.c.id == run_id)
             .values(
                 status=status,
-                finished_at=utc_naive(datetime.now(UTC)),
+                finished_at=utc_naive(clock.now()),
                 counts={**counts, "findings": len(findings), "failures": night.failures},
                 error=missing_data(night.failures),
             )
@@ -457,7 +457,7 @@ def run_night(
     upgrade(engine)
     with night_lock(engine):
         fail_interrupted_runs(engine)
-        now = datetime.now(UTC)
+        now = clock.now()
         run_id = start_run(engine, source, now, simulation)
         log.info("run %s started (source %s)", run_id, source)
         try:

@@ -12,7 +12,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -38,10 +38,36 @@ def trigger_fields(expression: str) -> dict[str, str]:
     return fields
 
 
+class WallClockCronTrigger(CronTrigger):
+    """A cron trigger that fires once per wall-clock time, as cron does: on the night clocks
+    go back, CronTrigger fires a 02:30 night at 02:30 summer time and again an hour later at
+    02:30 winter time, two nights and two mails. The repeat is skipped."""
+
+    def get_next_fire_time(self, previous_fire_time, now):
+        fire = super().get_next_fire_time(previous_fire_time, now)
+        while (
+            fire is not None
+            and previous_fire_time is not None
+            and _wall(fire) == _wall(previous_fire_time.astimezone(fire.tzinfo))
+        ):
+            # in UTC: adding to a local time in the repeated hour lands before it again
+            later = (fire.astimezone(UTC) + timedelta(seconds=1)).astimezone(fire.tzinfo)
+            fire = super().get_next_fire_time(fire, later)
+        return fire
+
+
+def _wall(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=None)
+
+
+def trigger_for(schedule) -> WallClockCronTrigger:
+    return WallClockCronTrigger(**trigger_fields(schedule.cron), timezone=schedule.time_zone)
+
+
 def serve(settings, night: Callable[[], str]) -> None:
     """Run `night` on the configured schedule until SIGTERM or SIGINT."""
     schedule = settings.schedule
-    trigger = CronTrigger(**trigger_fields(schedule.cron), timezone=schedule.time_zone)
+    trigger = trigger_for(schedule)
     scheduler = BlockingScheduler(timezone=schedule.time_zone)
 
     running = threading.Lock()  # held while a night runs, so a stop can wait for it

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from finops import clock
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.config import Settings, load_settings
 from finops.pipeline import run_night
@@ -24,6 +25,21 @@ from finops.sim.server import SimServer
 from finops.store import schema
 from finops.store.db import engine_for
 from tests.postgres import free_port, fresh_pg_database, local_postgres
+
+# Every test sees the same instant, whatever the date it runs on: finops' clock and the
+# estates built without `now` read it, and so do the `finops` subprocesses the tests start.
+# FINOPS_NOW set by hand runs the whole suite as of another instant.
+PINNED = "2026-11-25T03:00:00+00:00"  # a Wednesday in the middle of a month
+
+
+def pytest_configure(config) -> None:
+    os.environ.setdefault(clock.PIN, PINNED)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment for a `finops` subprocess: no FINOPS_* setting of the
+    developer's, but the pinned clock."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_") or k == clock.PIN}
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ bad configuration and usage as one line with exit code 2."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -27,12 +26,13 @@ from finops.sim.estate import (
     STOPPED,
     Estate,
 )
+from tests.conftest import clean_env
 
 FINOPS = str(Path(sys.executable).with_name("finops"))
 
 
 def finops(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+    clean = clean_env()
     return subprocess.run(
         [FINOPS, *args],
         cwd=cwd,
@@ -257,7 +257,7 @@ def test_db_upgrade_creates_the_schema(tmp_path):
 
 
 def test_sim_serve_prints_its_url_and_ca_file(tmp_path):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+    clean = clean_env()
     proc = subprocess.Popen(
         [FINOPS, "sim", "serve", "--vms", "30"],
         cwd=tmp_path,

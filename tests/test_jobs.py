@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from finops.config import reference_markdown
 from finops.sim.server import Fault
 from finops.store import schema
 from finops.store.db import engine_for
+from tests.conftest import clean_env
 from tests.test_cli import FINOPS, finops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def sim_env(sim, db_url: str) -> dict[str, str]:
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+    clean = clean_env()
     return subprocess.Popen(
         [FINOPS, *args],
         cwd=cwd,
@@ -197,7 +197,8 @@ def test_runs_lists_the_nights(tmp_path, sim):
         (findings,) = db.execute(
             "select count(*) from findings where run_id = 1 and not exempt"
         ).fetchone()
-    assert findings > 40
+        (status, counts) = db.execute("select status, counts from runs where id = 1").fetchone()
+    assert findings > 40, (status, counts)
     assert re.match(
         r"1\s+\S+ \S+\s+\d+s\s+succeeded\s+azure\s+vms=60 metrics=\d+ costs=\d+\s+"
         rf"{findings}\s+USD [\d,]+\.\d\d",

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sqlite3
 import subprocess
 import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from finops import clock
 from finops.remediate.apply import read_plan, verify
 from finops.remediate.plan import PlanError, checksum
 from finops.sim.estate import (
@@ -34,7 +35,7 @@ from finops.sim.estate import (
 )
 from finops.sim.server import Fault
 from finops.store import schema
-from tests.conftest import World
+from tests.conftest import World, clean_env
 from tests.test_cli import FINOPS, finops
 
 MUTATING = ("deallocate", "tags", "schedule-put")
@@ -229,7 +230,7 @@ def test_a_deallocation_that_outlasts_its_timeout_is_audited_failed_and_not_rese
     assert world.sim.requests["deallocate"] == len(plan["actions"])
 
 
-def test_tampered_stale_foreign_and_oversized_plans_are_refused(world, tmp_path):
+def test_tampered_stale_foreign_and_oversized_plans_are_refused(world, tmp_path, monkeypatch):
     world.night()
     _, path = world.plan()
     tampered = json.loads(path.read_text())
@@ -245,16 +246,9 @@ def test_tampered_stale_foreign_and_oversized_plans_are_refused(world, tmp_path)
     with pytest.raises(PlanError, match="more than the cap of 5"):
         verify(world.engine, read_plan(path), world.settings, 5)
     verify(world.engine, read_plan(path), world.settings, 25)
-    stale = world.settings.model_copy(
-        update={
-            "remediation": world.settings.remediation.model_copy(
-                update={"max_plan_age_hours": 0.0002}
-            )
-        }
-    )
-    time.sleep(1.0)
-    with pytest.raises(PlanError, match=r"older than the 0\.0002 h limit"):
-        verify(world.engine, read_plan(path), stale, 25)
+    monkeypatch.setenv(clock.PIN, (clock.now() + timedelta(hours=24, seconds=1)).isoformat())
+    with pytest.raises(PlanError, match=r"is 24\.0 h old, older than the 24 h limit"):
+        verify(world.engine, read_plan(path), world.settings, 25)
     assert not any(world.sim.requests[r] for r in MUTATING)
 
 
@@ -271,7 +265,7 @@ def test_killed_apply_is_finished_by_a_reapply_without_repeating(world, tmp_path
         "FINOPS_REMEDIATION__CONCURRENCY": "1",
     }
     world.sim.inject(Fault("deallocate", delay=8.0, match="train-nd-a100-5"))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+    clean = clean_env()
     proc = subprocess.Popen(
         [FINOPS, "apply", str(path), "--yes"],
         cwd=tmp_path,

@@ -15,12 +15,13 @@ import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select, update
 
+from finops import clock
 from finops.azure import actions
 from finops.azure.clients import AzureClients
 from finops.config import Settings
@@ -70,7 +71,7 @@ def verify(engine: Engine, plan: dict[str, Any], settings: Settings, max_actions
     if recorded != plan["checksum"]:
         raise PlanError(f"plan {plan['plan_id']} differs from the one recorded in the store")
     created = datetime.fromisoformat(plan["created_at"])
-    age = datetime.now(UTC) - created
+    age = clock.now() - created
     limit = timedelta(hours=settings.remediation.max_plan_age_hours)
     if age > limit:
         hours = age.total_seconds() / 3600
@@ -214,7 +215,7 @@ class Applier:
                     resource_id=action["resource_id"],
                     kind=action["kind"],
                     actor=self.actor,
-                    started_at=utc_naive(datetime.now(UTC)),
+                    started_at=utc_naive(clock.now()),
                     outcome="started",
                 )
             ).inserted_primary_key[0]
@@ -225,7 +226,7 @@ class Applier:
                 update(schema.audit)
                 .where(schema.audit.c.id == row_id)
                 .values(
-                    finished_at=utc_naive(datetime.now(UTC)),
+                    finished_at=utc_naive(clock.now()),
                     outcome=outcome,
                     reason=reason,
                     before=before.as_dict() if before else None,

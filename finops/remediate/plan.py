@@ -11,13 +11,14 @@ import hashlib
 import json
 import uuid
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, select
 
+from finops import clock
 from finops.config import Settings
 from finops.rules.common import money
 from finops.store import schema
@@ -136,7 +137,7 @@ def make_plan(
     plan: dict[str, Any] = {
         "version": PLAN_VERSION,
         "plan_id": plan_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": clock.now().isoformat(timespec="seconds"),
         "source_run": run.id,
         "target": {"kind": "simulated", **run.simulation} if run.simulation else {"kind": "azure"},
         "filters": {

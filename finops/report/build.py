@@ -186,7 +186,12 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     spend = _spend(conn, run, subs, gpu_ids, currency)
     vm_spend = _vm_spend(conn, run, gpu_ids)
     if spend["has_data"]:
-        line += f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
+        if spend["days_left"]:
+            line += (
+                f" Month to date {spend['mtd']}, forecast {spend['forecast']} for {spend['month']}."
+            )
+        else:  # the night of the 1st: the newest complete day closed the month
+            line += f" {spend['month']} came to {spend['mtd']}."
     if changes["resolved"]:
         line += (
             f" Resolved since the previous night: {len(changes['resolved'])} finding(s), "
@@ -217,9 +222,16 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
 def _findings(conn, run, vms, subs, titles) -> list[dict[str, Any]]:
     from finops.report.render import evidence_text
 
+    table = schema.findings
+    previous = _previous_run(conn, run)
+    # new: not found the night before (by key, not by time: two nights may share an instant)
+    seen = set(
+        conn.execute(
+            select(table.c.rule_id, table.c.resource_id).where(table.c.run_id == previous)
+        ).tuples()
+    )
     rows = []
-    query = select(schema.findings).where(schema.findings.c.run_id == run["id"])
-    for r in conn.execute(query):
+    for r in conn.execute(select(table).where(table.c.run_id == run["id"])):
         f = dict(r._mapping)
         vm = vms.get(f["resource_id"], {})
         f["monthly_saving"] = money(Decimal(str(f["monthly_saving"])))
@@ -229,7 +241,7 @@ def _findings(conn, run, vms, subs, titles) -> list[dict[str, Any]]:
         f["resource_group"] = vm.get("resource_group", "")
         f["owner"] = (vm.get("tags") or {}).get("owner", "")
         f["rule_title"] = titles.get(f["rule_id"], f["rule_id"])
-        f["new"] = f["first_seen"] >= run["started_at"]
+        f["new"] = (f["rule_id"], f["resource_id"]) not in seen
         f["age_days"] = (run["started_at"] - f["first_seen"]).days
         f["evidence_text"] = evidence_text(f["evidence"])
         rows.append(f)
@@ -430,6 +442,7 @@ def _spend(conn, run, subs: dict[str, str], gpu_ids: set[str], currency: str) ->
         "cost_type": "amortized" if kind == AMORTIZED else "actual (billed)",
         "currency": currency,
         "month": f"{month_start:%B %Y}",
+        "days_left": days_left,  # after the newest complete day; 0 once the month is complete
         "mtd_amount": mtd,
         "forecast_amount": forecast,
         "mtd": fmt(mtd, currency),

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from finops import clock
 from finops.catalog import SCOPES, gpu_size, ptu_models
 
 IDLE = "idle-gpu-vm"
@@ -281,7 +282,7 @@ class Estate:
         self.seed = seed
         self.regions = REGIONS[: max(1, min(regions, len(REGIONS)))]
         self.gpu_share = gpu_share
-        self.now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+        self.now = (now or clock.now()).replace(minute=0, second=0, microsecond=0)
         rng = random.Random(seed)
         self.tenant_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         names = [*SUBSCRIPTION_NAMES, *(f"team-{i:03d}" for i in range(3, subscriptions))]

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import trustme
 
+from finops import clock
 from finops.catalog import gpu_sizes
 from finops.sim.estate import CPU_SIZES, STORAGE_DAILY_COST, Estate, SimDisk
 
@@ -953,7 +954,7 @@ def deallocate_vm(req: Request, subscription_id: str, group: str, name: str) -> 
 def compute_operation(req: Request, subscription_id: str, location: str, op: str) -> Reply:
     if req.query.get("monitor") == "true":
         return 200, None, {}
-    now = _iso(datetime.now(UTC))
+    now = _iso(clock.now())
     started = req.sim.operations.get(op, 0.0)
     if time.monotonic() - started < req.sim.operation_seconds:
         return 200, {"name": op, "status": "InProgress", "startTime": now}, {"Retry-After": "1"}

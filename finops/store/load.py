@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Table, delete, select, update
 from sqlalchemy.dialects import registry, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from finops import clock
 from finops.collection import CHUNK as SPOOL_CHUNK
 from finops.collection import Collection, CostFile, CostFileError, Row, Spool
 from finops.store import schema
@@ -461,7 +462,7 @@ def load_cost_file(conn: Connection, file: CostFile, run_id: int | None) -> int 
         "folder": file.folder,
         "fingerprint": file.fingerprint,
         "modified": file.modified,
-        "loaded_at": utc_naive(datetime.now(UTC)),
+        "loaded_at": utc_naive(clock.now()),
         "run_id": run_id,
     }
     if known is not None:
