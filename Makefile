@@ -23,12 +23,17 @@ AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 $(AZURITE):
 	npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@3
 
+# Microsoft's Kusto parser, which the simulator runs on every Resource Graph query (npm registry).
+KUSTO := .cache/kusto/node_modules/@kusto/language-service-next/package.json
+$(KUSTO):
+	npm install --silent --no-audit --no-fund --prefix .cache/kusto @kusto/language-service-next@12.4.1
+
 # PostgreSQL's server, Chromium and npm: installed as root, else one line says what to run
 system-packages:
 	@.ci/system-packages
 
 # two workers: most tests wait on servers and subprocesses, not on the CPU
-test: system-packages $(STAMP) $(AZURITE)
+test: system-packages $(STAMP) $(AZURITE) $(KUSTO)
 	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)

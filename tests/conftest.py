@@ -21,6 +21,7 @@ from finops.pipeline import run_night
 from finops.remediate.apply import Applier
 from finops.remediate.plan import make_plan, save_plan
 from finops.sim.estate import Estate
+from finops.sim.kql import KqlChecker
 from finops.sim.server import SimServer
 from finops.store import schema
 from finops.store.db import engine_for
@@ -34,6 +35,12 @@ PINNED = "2026-11-25T03:00:00+00:00"  # a Wednesday in the middle of a month
 
 def pytest_configure(config) -> None:
     os.environ.setdefault(clock.PIN, PINNED)
+    # every simulator checks every Resource Graph query with Microsoft's parser: without it an
+    # invalid query could pass the suite
+    if KqlChecker.find() is None:
+        raise pytest.UsageError(
+            "the Kusto parser is missing: `make test` installs it under .cache/kusto (npm)"
+        )
 
 
 def clean_env() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from azure.core.exceptions import HttpResponseError
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
 from finops.azure.clients import QUERY_RETRIED, AzureClients
@@ -25,6 +26,22 @@ class TruncatedResult(ValueError):
     """Resource Graph cut the result short without a page token to read on."""
 
 
+class InvalidQuery(ValueError):
+    """Resource Graph refused the query's text (400 BadRequest, details InvalidQuery)."""
+
+
+def _refusal(error: HttpResponseError, kql: str) -> InvalidQuery | None:
+    """Resource Graph's 400 for a query it cannot parse says so only in its details (the
+    top-level message asks to quote a correlation id): one line naming the parser's words."""
+    details = getattr(error.error, "details", None) or [] if error.status_code == 400 else []
+    codes = {d.code for d in details}
+    if "InvalidQuery" not in codes:
+        return None
+    said = "; ".join(d.message for d in details if d.code != "InvalidQuery" and d.message)
+    what = kql.splitlines()[0].strip() + " ..."
+    return InvalidQuery(f"Resource Graph refused the query {what!r}: {said or 'invalid query'}")
+
+
 def query(clients: AzureClients, subscriptions: list[str], kql: str) -> Iterator[Row]:
     """Every row `kql` selects in `subscriptions`, page after page (`$skipToken`)."""
     client = clients.graph()
@@ -33,10 +50,13 @@ def query(clients: AzureClients, subscriptions: list[str], kql: str) -> Iterator
         token = None
         while True:
             options = QueryRequestOptions(top=PAGE, skip_token=token, result_format="objectArray")
-            answer = client.resources(
-                QueryRequest(subscriptions=scope, query=kql, options=options),
-                retry_on_methods=QUERY_RETRIED,
-            )
+            try:
+                answer = client.resources(
+                    QueryRequest(subscriptions=scope, query=kql, options=options),
+                    retry_on_methods=QUERY_RETRIED,
+                )
+            except HttpResponseError as e:
+                raise _refusal(e, kql) or e from None
             yield from answer.data or []
             token = answer.skip_token
             if token:

@@ -150,7 +150,7 @@ SCHEDULES = """Resources
 | where type =~ 'microsoft.devtestlab/schedules'
 | where properties.taskType =~ 'ComputeVmShutdownTask'
 | project id, target = properties.targetResourceId, status = properties.status,
-  time = properties.dailyRecurrence.time, timeZone = properties.timeZoneId"""
+  shutdownTime = properties.dailyRecurrence['time'], timeZone = properties.timeZoneId"""
 
 
 def schedules(clients: AzureClients, subscriptions: list[str]) -> list[Row]:
@@ -160,7 +160,7 @@ def schedules(clients: AzureClients, subscriptions: list[str]) -> list[Row]:
             "resource_id": schedule["target"].lower(),
             "schedule_id": schedule["id"].lower(),
             "status": schedule.get("status") or "Disabled",
-            "daily_time": schedule.get("time"),
+            "daily_time": schedule.get("shutdownTime"),
             "time_zone": schedule.get("timeZone") or "UTC",
         }
         for schedule in graph.query(clients, subscriptions, SCHEDULES)

@@ -225,11 +225,12 @@ def _findings(conn, run, vms, subs, titles) -> list[dict[str, Any]]:
     table = schema.findings
     previous = _previous_run(conn, run)
     # new: not found the night before (by key, not by time: two nights may share an instant)
-    seen = set(
-        conn.execute(
+    seen = {
+        (rule_id, resource_id)
+        for rule_id, resource_id in conn.execute(
             select(table.c.rule_id, table.c.resource_id).where(table.c.run_id == previous)
-        ).tuples()
-    )
+        )
+    }
     rows = []
     for r in conn.execute(select(table).where(table.c.run_id == run["id"])):
         f = dict(r._mapping)

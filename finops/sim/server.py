@@ -31,6 +31,7 @@ import trustme
 from finops import clock
 from finops.catalog import gpu_sizes
 from finops.sim.estate import CPU_SIZES, STORAGE_DAILY_COST, Estate, SimDisk
+from finops.sim.kql import KqlChecker
 
 GPU_NAMESPACE = "telegraf/nvidia_smi"
 GPU_METRIC = "utilization_gpu"
@@ -45,9 +46,9 @@ Reply = tuple[int, Any, dict[str, str]]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, details: list | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.details = status, code, message, details
 
 
 @dataclass
@@ -97,8 +98,11 @@ class SimServer:
         page_size: int = 25,
         cost_page_size: int = 200,
         prices_page_size: int = 5,
+        kql: KqlChecker | None = None,
     ):
         self.estate = estate
+        # Microsoft's Kusto parser, where installed: Resource Graph refuses what it rejects
+        self.kql = kql or KqlChecker.find()
         self.page_size = page_size
         self.prices_page_size = prices_page_size
         # the rows of the latest cost queries (several run at once), for their next pages
@@ -200,15 +204,18 @@ class SimServer:
                 request = Request(self, parts.path, query, payload)
                 reply = route.handler(request, *match.groups())
             except ApiError as e:
-                reply = _error(e.status, e.code, e.message)
+                reply = _error(e.status, e.code, e.message, e.details)
             except (ValueError, KeyError, TypeError) as e:
                 reply = _error(400, "BadRequest", f"Invalid request: {e}")
             return route.name, reply, fault.kind if fault else "status"
         return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}"), "status"
 
 
-def _error(status: int, code: str, message: str) -> Reply:
-    return status, {"error": {"code": code, "message": message}}, {}
+def _error(status: int, code: str, message: str, details: list | None = None) -> Reply:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return status, {"error": error}, {}
 
 
 def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
@@ -1032,12 +1039,15 @@ def _graph_items(estate: Estate, sub, kind: str) -> list[dict[str, Any]]:
 
 
 _WHERE = re.compile(r"where\s+([\w.]+)\s*=~\s*'([^']*)'", re.IGNORECASE)
-_PROJECTED = re.compile(r"(?:(\w+)\s*=\s*)?([\w.]+)")
+_PROJECTED = re.compile(r"(?:(\w+)\s*=\s*)?((?:\w+|\['\w+'\])(?:\.\w+|\['\w+'\])*)")
+_STEP = re.compile(r"(\w+)|\['(\w+)'\]")
 
 
 def _path(row: dict[str, Any], path: str) -> Any:
+    """A column or property path, `properties.dailyRecurrence['time']` as KQL writes it."""
     value: Any = row
-    for key in path.split("."):
+    for plain, bracketed in _STEP.findall(path):
+        key = plain or bracketed
         value = value.get(key) if isinstance(value, dict) else None
     return value
 
@@ -1087,6 +1097,35 @@ def _graph_rows(estate: Estate, subscriptions: list[str], kql: str) -> list[dict
     return rows
 
 
+def _check_kql(checker: KqlChecker | None, query: str) -> None:
+    """Refuse, as Resource Graph does, a query Microsoft's Kusto parser rejects: 400, code
+    BadRequest, details InvalidQuery and one ParserFailure each (the shape of Resource Graph's
+    error answer, `ErrorResponse` in the resourcegraph REST API spec)."""
+    if checker is None:
+        return
+    errors = checker.errors(query)
+    if errors:
+        details = [
+            {
+                "code": "InvalidQuery",
+                "message": "Query is invalid. Please refer to the documentation for the Azure "
+                "Resource Graph service and fix the error before retrying.",
+            }
+        ] + [
+            {
+                "code": "ParserFailure",
+                "message": e["message"],
+                "line": query.count("\n", 0, e["start"]) + 1,
+                "characterPositionInLine": e["start"] - query.rfind("\n", 0, e["start"]) - 1,
+                "token": query[e["start"] : e["start"] + e["length"]],
+            }
+            for e in errors
+        ]
+        support = f"timestamp = {clock.now():%Y-%m-%dT%H:%M:%S}, correlationId = {uuid.uuid4()}"
+        message = f"Please provide below info when asking for support: {support}."
+        raise ApiError(400, "BadRequest", message, details)
+
+
 def resource_graph(req: Request) -> Reply:
     """POST /providers/Microsoft.ResourceGraph/resources: one query over the given
     subscriptions, `$top` rows a page (at most the simulator's page size, as Azure may send
@@ -1103,6 +1142,7 @@ def resource_graph(req: Request) -> Reply:
             raise ApiError(400, "BadRequest", "The $skipToken has expired.")
         rows, start = req.sim.graph_results[query_id], int(start_text)
     else:
+        _check_kql(req.sim.kql, body["query"])
         rows, start = _graph_rows(req.sim.estate, body.get("subscriptions") or [], body["query"]), 0
         query_id = uuid.uuid4().hex
         results = req.sim.graph_results
