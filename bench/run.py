@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from finops import clock  # noqa: E402 (the repository's finops, found through ROOT)
+
 PHASES = ("collect", "load", "rules", "report")
 TARGETS = {
     "seconds_10k": 60,
@@ -71,7 +73,9 @@ class Simulator:
         self.url, self.ca_file = found["url"], found["ca_file"]
 
     def env(self, db_url: str, reports: Path) -> dict[str, str]:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+        # no FINOPS_* setting of the caller's, but the pinned clock the simulator reads too
+        kept = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
+        clean = kept | ({clock.PIN: os.environ[clock.PIN]} if clock.PIN in os.environ else {})
         return {
             **clean,
             "FINOPS_AZURE__ARM_ENDPOINT": self.url,
@@ -244,7 +248,7 @@ def naive(args: argparse.Namespace) -> None:
     url, ca_file = settings.azure.arm_endpoint, str(settings.azure.ca_file)
     before = requests_so_far(url, ca_file)
     started, cpu = time.perf_counter(), cpu_seconds()
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    now = clock.now().replace(minute=0, second=0, microsecond=0)
     subs = [s.subscription_id for s in clients.subscription().subscriptions.list()]
     vms = 0
     for sub in subs:
@@ -280,7 +284,8 @@ def naive(args: argparse.Namespace) -> None:
                     ),
                 ),
             )
-            list(clients.costs().query.usage(f"/subscriptions/{sub}", query).rows)
+            answer = clients.costs().query.usage(f"/subscriptions/{sub}", query)
+            list(answer.rows if answer else [])  # None: 204 No Content, no usage
     print(
         json.dumps(
             {

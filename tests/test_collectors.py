@@ -235,6 +235,26 @@ def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
     assert all(r["resource_id"] for r in billed)  # the reservation purchase has no resource
 
 
+def test_a_cost_window_without_usage_is_answered_204_and_reads_as_no_rows(clients, estate, sim):
+    """Query_Usage's spec (and azure-mgmt-costmanagement) accept 204 No Content."""
+    before = sim.requests["costs"]
+    ahead = estate.now.date() + timedelta(days=5)  # no usage yet
+    assert list(costs.daily(clients, _sub(estate), ahead, ahead, "ActualCost")) == []
+    assert sim.requests["costs"] - before == 1
+
+
+def test_quotas_of_a_region_without_usage_are_none(clients, estate):
+    """Compute's usage list answers 409 SubscriptionHasNoUsages for such a region."""
+    sub = _sub(estate)
+    with pytest.raises(HttpResponseError) as answered:
+        list(clients.compute(sub).usage.list("southafricanorth"))
+    assert answered.value.status_code == 409
+    assert answered.value.error.code == "SubscriptionHasNoUsages"
+    used = {loc for s, loc, _ in estate.quota_usage(sub) if s == sub}
+    rows = inventory.quotas(clients, sub, {"southafricanorth", *used})
+    assert rows and {r["location"] for r in rows} == used
+
+
 def test_cost_rows_are_the_same_when_the_parsed_values_are_dropped_between_pages(
     clients, estate, monkeypatch
 ):

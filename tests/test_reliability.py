@@ -165,6 +165,10 @@ FAST = {"retry_backoff_max_seconds": 0.3}
         (Fault("costs", status=502, count=1), 1),  # a read-only POST: retried like a GET
         (Fault("metrics", status=502, count=1), 1),
         (Fault("prices", status=429, headers={"Retry-After": "1"}, count=1), 1),  # no SDK
+        # azure.retries (4) governs each kind of retry: azure-core's own count is 3
+        (Fault("costs", status=503, count=4), 4),
+        (Fault("graph", match="schedules", status=500, count=4), 4),
+        (Fault("usages", kind="reset", count=4), 4),
     ],
 )
 def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_requests):

@@ -96,8 +96,14 @@ class AzureClients:
 
     def options(self) -> dict[str, Any]:
         """Client options: endpoint, trust, timeouts, and a retry policy of its own."""
+        retries = self.settings.retries
         retry = FinopsRetryPolicy(
-            retry_total=self.settings.retries,
+            # each kind's own count too: azure-core keeps retry_status, retry_connect and
+            # retry_read at 3 whatever retry_total says
+            retry_total=retries,
+            retry_status=retries,
+            retry_connect=retries,
+            retry_read=retries,
             retry_backoff_max=self.settings.retry_backoff_max_seconds,
             timeout=self.settings.retry_budget_seconds,
         )
@@ -156,19 +162,24 @@ class AzureClients:
 QUERY_RETRIED = frozenset({"GET", "POST"})
 
 
-def post_json(client: Any, url: str, params: dict[str, str], body: dict[str, Any]) -> Any:
+def post_json(
+    client: Any, url: str, params: dict[str, str], body: dict[str, Any], no_content: bool = False
+) -> Any:
     """POST a query through an SDK client's own pipeline (credential, retries, TLS trust) and
-    return the JSON answer as sent. For the answers that carry the night's bulk (cost rows,
-    metric points) building the SDK's models cost more CPU than all the rest of the job."""
+    return the JSON answer as sent; None for 204 No Content where the API documents it
+    (`no_content`). For the answers that carry the night's bulk (cost rows, metric points)
+    building the SDK's models cost more CPU than all the rest of the job."""
     request = HttpRequest("POST", url, params=params, json=body)
-    return _json(client, request, retry_on_methods=QUERY_RETRIED)
+    return _json(client, request, no_content, retry_on_methods=QUERY_RETRIED)
 
 
-def _json(client: Any, request: HttpRequest, **options: Any) -> Any:
+def _json(client: Any, request: HttpRequest, no_content: bool, **options: Any) -> Any:
     # streamed, then read here: otherwise the pipelines that hold a ContentDecodePolicy parse
     # the answer too, and response.json() parses it again (a second decoding of every page)
     response = client.send_request(request, stream=True, **options)
     response.read()
+    if response.status_code == 204 and no_content:
+        return None
     if response.status_code != 200:
         errors = {401: ClientAuthenticationError, 404: ResourceNotFoundError}
         map_error(status_code=response.status_code, response=response, error_map=errors)

@@ -48,7 +48,11 @@ def _pages(clients: AzureClients, scope: str, body: dict[str, Any]) -> Iterator[
     client = clients.costs()
     url, params = f"/{scope}/providers/Microsoft.CostManagement/query", {"api-version": API_VERSION}
     while url:
-        props = post_json(client, url, params, body).get("properties") or {}
+        # Query_Usage's spec answers 200 or 204 No Content (no usage in the window)
+        answer = post_json(client, url, params, body, no_content=True)
+        if answer is None:
+            return
+        props = answer.get("properties") or {}
         yield props
         url, params = props.get("nextLink"), {}
 

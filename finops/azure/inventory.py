@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
+from azure.core.exceptions import HttpResponseError
+
 from finops.azure import graph
 from finops.azure.clients import AzureClients
 from finops.catalog import gpu_size
@@ -129,7 +131,13 @@ def quotas(clients: AzureClients, subscription_id: str, regions: Iterable[str]) 
     rows = []
     api = clients.compute(subscription_id).usage
     for region in sorted(set(regions)):
-        for usage in api.list(region):
+        try:
+            usages = list(api.list(region))
+        except HttpResponseError as e:
+            if e.status_code == 409 and getattr(e.error, "code", None) == "SubscriptionHasNoUsages":
+                continue  # nothing used there, so no quota near its limit
+            raise
+        for usage in usages:
             family = usage.name.value or ""
             if not is_gpu_family(family):
                 continue

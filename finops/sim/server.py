@@ -535,6 +535,13 @@ def list_usages(req: Request, subscription_id: str, location: str) -> Reply:
     sub = _subscription(req, subscription_id)
     estate = req.sim.estate
     used = estate.quota_usage(sub.subscription_id)
+    if not any(loc == location.lower() for sid, loc, _ in used if sid == sub.subscription_id):
+        # the documented answer for a subscription without usage in the region
+        raise ApiError(
+            409,
+            "SubscriptionHasNoUsages",
+            f"Subscription {sub.subscription_id} has no usages in location {location}.",
+        )
     items = []
     total = 0
     for (sid, loc, family), value in sorted(used.items()):
@@ -851,6 +858,9 @@ def cost_query(req: Request, scope: str) -> Reply:
     columns = [{"name": alias["name"], "type": "Number"}, {"name": "UsageDate", "type": "Number"}]
     columns += [{"name": g, "type": "String"} for g in groups]
     columns.append({"name": "Currency", "type": "String"})
+    if not rows:
+        # no usage in the window: Query_Usage's spec answers 204 No Content, without a body
+        return 204, None, {}
     page = req.page(rows, req.sim.cost_page_size)
     return (
         200,
