@@ -177,6 +177,17 @@ def test_retail_prices_per_size_and_region_across_pages(sim):
     assert prices.vm_prices(settings, "USD", [("eastus", "standard_nc24ads_a100_v4")]) == []
 
 
+def test_retail_prices_come_in_the_billing_currency_from_the_primary_meter_region(sim):
+    """The documented form quotes the values (currencyCode='EUR', meterRegion='primary'); the
+    API lists rows of non-primary meter regions too (isPrimaryMeterRegion false)."""
+    settings = sim_settings(sim).azure
+    a100 = ("eastus", "Standard_NC24ads_A100_v4")
+    rows = prices.vm_prices(settings, "EUR", [a100])
+    assert {r["currency"] for r in rows} == {"EUR"}
+    payg = next(r for r in rows if (r["offer"], r["os"]) == ("payg", "linux"))
+    assert payg["per_hour"] == (Decimal("3.673") * Decimal("0.92")).quantize(Decimal("0.0001"))
+
+
 def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):
     found = inventory.vms(clients, [_sub(estate)])
     vms = [r for r in found if r["name"].startswith("train-nd-a100")]

@@ -76,14 +76,18 @@ def vm_prices(
     api = client(settings)
     rows: dict[tuple[str, str, str, str], Row] = {}
     for region, size in sorted(set(sizes)):
+        # the documented form quotes the values ("Azure Retail Prices REST API", Microsoft
+        # Learn: currencyCode='EUR', meterRegion='primary')
         params = {
             "api-version": API_VERSION,
-            "currencyCode": currency,
-            "meterRegion": "primary",
+            "currencyCode": f"'{currency}'",
+            "meterRegion": "'primary'",
             "$filter": f"serviceName eq 'Virtual Machines' and armRegionName eq '{region}' "
             f"and armSkuName eq '{size}'",
         }
         for item in _pages(api, f"{settings.prices_endpoint}/api/retail/prices", params):
+            if item.get("isPrimaryMeterRegion") is False:
+                continue  # the same offer metered from another region: not this region's price
             found = offer(item)
             if found is None:
                 continue

@@ -391,6 +391,9 @@ def _disk_item(disk: SimDisk, now: datetime) -> dict[str, Any]:
 SPOT_SHARE = Decimal("0.30")
 RESERVATION_SHARE = {"1 Year": (Decimal("0.62"), 8760), "3 Years": (Decimal("0.40"), 26280)}
 WINDOWS_PER_VCPU_HOUR = Decimal("0.046")
+# the simulator's own exchange rates (not Azure's) for the currencies it prices in
+RETAIL_RATES = {"USD": Decimal(1), "EUR": Decimal("0.92"), "GBP": Decimal("0.79")}
+NON_PRIMARY_SHARE = Decimal("1.10")  # the same meter billed from another region's meter
 RETAIL_FIELDS = {"serviceName", "armRegionName", "armSkuName", "priceType"}
 
 
@@ -402,7 +405,7 @@ REGION_NAMES = {
 }
 
 
-def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
+def _retail_items(region: str, size: str, currency: str = "USD") -> list[dict[str, Any]]:
     gpu = gpu_sizes().get(size.lower())
     if gpu is None or gpu.usd_per_hour is None or region not in REGION_NAMES:
         return []
@@ -422,11 +425,12 @@ def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
         ("Reservation", term, name, series, payg * share * hours)
         for term, (share, hours) in RESERVATION_SHARE.items()
     ]
+    rate = RETAIL_RATES[currency]
     items = []
     for kind, term, sku, product, price in rows:
-        price = price.quantize(Decimal("0.0001"))
+        price = (price * rate).quantize(Decimal("0.0001"))
         item = {
-            "currencyCode": "USD",
+            "currencyCode": currency,
             "tierMinimumUnits": 0.0,
             "retailPrice": float(price),
             "unitPrice": float(price),
@@ -450,7 +454,23 @@ def _retail_items(region: str, size: str) -> list[dict[str, Any]]:
         if term:
             item["reservationTerm"] = term
         items.append(item)
+    # a row of the same offer from a non-primary meter region, as the API lists unless asked
+    # for meterRegion='primary'
+    other = dict(items[0], isPrimaryMeterRegion=False)
+    other["retailPrice"] = other["unitPrice"] = float(
+        (Decimal(str(other["unitPrice"])) * NON_PRIMARY_SHARE).quantize(Decimal("0.0001"))
+    )
+    other["meterId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{other['meterId']}/non-primary"))
+    items.append(other)
     return items
+
+
+def _quoted(req: Request, name: str) -> str | None:
+    """A parameter in the documented form, `currencyCode='EUR'`; unquoted it is not read."""
+    value = req.query.get(name, "")
+    if len(value) > 1 and value[0] == value[-1] == "'":
+        return value[1:-1]
+    return None
 
 
 def retail_prices(req: Request) -> Reply:
@@ -471,8 +491,13 @@ def retail_prices(req: Request) -> Reply:
     } <= set(wanted):
         items: list[dict[str, Any]] = []  # the simulator prices GPU VM sizes only
     else:
-        items = _retail_items(wanted["armRegionName"], wanted["armSkuName"])
+        currency = _quoted(req, "currencyCode") or "USD"  # USD: the API's default
+        if currency not in RETAIL_RATES:
+            raise ApiError(400, "BadRequest", f"Invalid currency code {currency}.")
+        items = _retail_items(wanted["armRegionName"], wanted["armSkuName"], currency)
         items = [i for i in items if i["armSkuName"] == wanted["armSkuName"]]
+        if _quoted(req, "meterRegion") == "primary":
+            items = [i for i in items if i["isPrimaryMeterRegion"]]
     if "priceType" in wanted:
         items = [i for i in items if i["type"] == wanted["priceType"]]
     skip = int(req.query.get("$skip", "0") or 0)
