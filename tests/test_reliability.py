@@ -169,6 +169,7 @@ FAST = {"retry_backoff_max_seconds": 0.3}
         (Fault("costs", status=503, count=4), 4),
         (Fault("graph", match="schedules", status=500, count=4), 4),
         (Fault("usages", kind="reset", count=4), 4),
+        (Fault("prices", status=503, count=4), 4),
     ],
 )
 def test_transient_faults_are_retried_and_the_night_is_complete(fault, extra_requests):

@@ -27,7 +27,7 @@ from azure.mgmt.resource.subscriptions import SubscriptionClient
 from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.monitor.querymetrics import MetricsClient
 
-from finops.azure.retry import FinopsRetryPolicy
+from finops.azure.retry import retry_policy
 from finops.config import AzureSettings
 
 
@@ -96,18 +96,7 @@ class AzureClients:
 
     def options(self) -> dict[str, Any]:
         """Client options: endpoint, trust, timeouts, and a retry policy of its own."""
-        retries = self.settings.retries
-        retry = FinopsRetryPolicy(
-            # each kind's own count too: azure-core keeps retry_status, retry_connect and
-            # retry_read at 3 whatever retry_total says
-            retry_total=retries,
-            retry_status=retries,
-            retry_connect=retries,
-            retry_read=retries,
-            retry_backoff_max=self.settings.retry_backoff_max_seconds,
-            timeout=self.settings.retry_budget_seconds,
-        )
-        return {**self._options, "retry_policy": retry}
+        return {**self._options, "retry_policy": retry_policy(self.settings)}
 
     def _subscription(self) -> SubscriptionClient:
         return SubscriptionClient(self.credential, **self.options())

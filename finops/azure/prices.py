@@ -17,7 +17,7 @@ from azure.core.pipeline.policies import HeadersPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 
-from finops.azure.retry import FinopsRetryPolicy
+from finops.azure.retry import retry_policy
 from finops.collection import Row
 from finops.config import AzureSettings
 
@@ -30,12 +30,7 @@ def client(settings: AzureSettings) -> PipelineClient:
         connection_verify=str(settings.ca_file) if settings.ca_file else True,
         read_timeout=settings.timeout_seconds,
     )
-    retry = FinopsRetryPolicy(
-        retry_total=settings.retries,
-        retry_backoff_max=settings.retry_backoff_max_seconds,
-        timeout=settings.retry_budget_seconds,
-    )
-    policies = [HeadersPolicy(), UserAgentPolicy(sdk_moniker="finops"), retry]
+    policies = [HeadersPolicy(), UserAgentPolicy(sdk_moniker="finops"), retry_policy(settings)]
     return PipelineClient(settings.prices_endpoint, policies=policies, transport=transport)
 
 

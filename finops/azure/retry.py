@@ -54,3 +54,18 @@ class FinopsRetryPolicy(RetryPolicy):
                 f"gave up after the retry budget of {self.timeout:g} s: Azure kept answering "
                 f"{status}{' (throttled)' if status == 429 else ''}"
             ) from None
+
+
+def retry_policy(settings) -> FinopsRetryPolicy:
+    """The policy every client of the job uses, from `azure.*` settings. Each kind of retry
+    follows `azure.retries`: azure-core keeps retry_status, retry_connect and retry_read at 3
+    whatever retry_total says."""
+    retries = settings.retries
+    return FinopsRetryPolicy(
+        retry_total=retries,
+        retry_status=retries,
+        retry_connect=retries,
+        retry_read=retries,
+        retry_backoff_max=settings.retry_backoff_max_seconds,
+        timeout=settings.retry_budget_seconds,
+    )
