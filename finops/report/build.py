@@ -163,7 +163,8 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
             )
         )
     }
-    rows = _findings(conn, run, {**vms, **deployments, **disks}, subs, titles)
+    previous = _previous_run(conn, run)
+    rows = _findings(conn, run, previous, {**vms, **deployments, **disks}, subs, titles)
     kinds = {rule_id: getattr(module, "KIND", "saving") for rule_id, module in registry().items()}
     alerts: list[dict[str, Any]] = []
     hygiene: list[dict[str, Any]] = []
@@ -179,7 +180,7 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
         else max(totals.items(), key=lambda kv: kv[1])[0]
     )
     top, more = _top(active, settings.report_top_vms)
-    changes = _changes(conn, run, active + alerts + hygiene)
+    changes = _changes(conn, previous, active + alerts + hygiene)
     line = headline(active, titles, settings.currency)
     if alerts:
         line += f" {len(alerts)} alert(s) to investigate: {alerts[0]['title']}."
@@ -219,11 +220,10 @@ def build(conn: Connection, run_id: int, settings: Settings) -> ReportData:
     )
 
 
-def _findings(conn, run, vms, subs, titles) -> list[dict[str, Any]]:
+def _findings(conn, run, previous: int | None, vms, subs, titles) -> list[dict[str, Any]]:
     from finops.report.render import evidence_text
 
     table = schema.findings
-    previous = _previous_run(conn, run)
     # new: not found the night before (by key, not by time: two nights may share an instant)
     seen = {
         (rule_id, resource_id)
@@ -288,8 +288,7 @@ def _previous_run(conn: Connection, run: dict[str, Any]) -> int | None:
     ).scalar()
 
 
-def _changes(conn: Connection, run: dict[str, Any], active: list[dict]) -> dict[str, Any]:
-    previous = _previous_run(conn, run)
+def _changes(conn: Connection, previous: int | None, active: list[dict]) -> dict[str, Any]:
     new = [f for f in active if f["new"]]
     persisting = [f for f in active if not f["new"]]
     resolved = []
