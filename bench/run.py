@@ -241,6 +241,7 @@ def naive(args: argparse.Namespace) -> None:
     )
 
     from finops.azure.clients import clients_for
+    from finops.azure.metrics import guest_metrics
     from finops.config import load_settings
 
     settings = load_settings()
@@ -257,19 +258,23 @@ def naive(args: argparse.Namespace) -> None:
             vms += 1
             group = vm.id.split("/")[4]
             compute.virtual_machines.instance_view(group, vm.name)
-            metrics = clients.metrics(vm.location)
-            for namespace, name in (
-                ("microsoft.compute/virtualmachines", "Percentage CPU"),
-                (settings.azure.gpu_metric_namespace, settings.azure.gpu_metric_name),
-            ):
-                metrics.query_resources(
-                    resource_ids=[vm.id],
-                    metric_namespace=namespace,
-                    metric_names=[name],
-                    timespan=(now - timedelta(days=7), now),
-                    granularity=timedelta(hours=1),
-                    aggregations=["Average", "Maximum"],
-                )
+            week = (now - timedelta(days=7), now)
+            clients.metrics(vm.location).query_resources(
+                resource_ids=[vm.id],
+                metric_namespace="microsoft.compute/virtualmachines",
+                metric_names=["Percentage CPU"],
+                timespan=week,
+                granularity=timedelta(hours=1),
+                aggregations=["Average", "Maximum"],
+            )
+            # custom metrics: Resource Manager's per-resource API, as the job itself reads them
+            guest_metrics(
+                clients,
+                vm.id,
+                settings.azure.gpu_metric_namespace,
+                [settings.azure.gpu_metric_name],
+                *week,
+            )
             query = QueryDefinition(
                 type="ActualCost",
                 timeframe="Custom",

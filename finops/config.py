@@ -319,7 +319,7 @@ class AzureSettings(BaseModel):
     )
     ca_file: Path | None = Field(None, description="extra CA bundle to trust (the simulator's)")
     gpu_metric_namespace: str = Field(
-        "telegraf/nvidia_smi", description="custom metric namespace of the GPU guest metric"
+        "Telegraf/nvidia_smi", description="custom metric namespace of the GPU guest metric"
     )
     gpu_metric_name: str = Field("utilization_gpu", description="GPU utilisation metric name")
     gpu_memory_metric_name: str = Field(

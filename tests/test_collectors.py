@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from finops.azure import costs, inventory, metrics, prices
 from finops.azure.clients import AzureClients, StaticTokenCredential
+from finops.config import AzureSettings
 from finops.pipeline import collect
 from finops.sim.estate import Estate
 from finops.sim.server import SimServer
@@ -192,10 +193,12 @@ def test_metrics_batch_maps_series_back_to_each_vm(clients, estate, sim):
     found = inventory.vms(clients, [_sub(estate)])
     vms = [r for r in found if r["name"].startswith("train-nd-a100")]
     end = estate.now
-    before = sim.requests["metrics"]
+    before = sim.request_counts()
     rows = list(metrics.hourly(clients, vms, end - timedelta(days=7), end))
-    # 8 VMs in one region: one batch call for CPU and one for GPU
-    assert sim.requests["metrics"] - before == 2
+    after = sim.request_counts()
+    # 8 VMs in one region: one batch call for CPU, one call per VM for the custom GPU metrics
+    assert after["metrics"] - before.get("metrics", 0) == 1
+    assert after["vm-metrics"] - before.get("vm-metrics", 0) == 8
     by_vm = {}
     for row in rows:
         by_vm.setdefault((row["resource_id"], row["metric"]), []).append(row)
@@ -220,8 +223,57 @@ def test_metrics_batches_hold_at_most_50_vms_of_one_region(sim, estate):
             -(-sum(1 for vm in vms if (vm["subscription_id"], vm["location"]) == g) // 50)
             for g in groups
         )
-        assert server.requests["metrics"] == 2 * expected
+        assert server.requests["metrics"] == expected
+        assert server.requests["vm-metrics"] == len(vms)
         assert server.requests["unknown"] == 0
+
+
+def test_a_vm_without_telegraf_costs_the_others_of_its_batch_nothing(clients, estate, sim):
+    """Azure answers 400 for custom metrics a VM never sent: that VM has CPU rows only, the
+    others of its batch keep their GPU rows."""
+    found = inventory.vms(clients, _all_subs(estate))
+    eastus = [vm for vm in found if vm["location"] == "eastus" and vm["name"].startswith("infer-")]
+    silent = next(vm for vm in eastus if vm["name"] == "infer-nc-t4-notelemetry")
+    assert len(eastus) > 1
+    rows = list(metrics.hourly(clients, eastus, estate.now - timedelta(hours=6), estate.now))
+    kinds: dict[str, set[str]] = {}
+    for row in rows:
+        kinds.setdefault(row["resource_id"], set()).add(row["metric"])
+    assert kinds[silent["resource_id"]] == {"cpu"}
+    for vm in eastus:
+        if vm is not silent and estate.by_id[vm["resource_id"]].gpu is not None:
+            assert kinds[vm["resource_id"]] == {"cpu", "gpu", "gpu_memory"}, vm["name"]
+
+
+def test_the_batch_api_refuses_custom_metrics_as_azure_documents(clients, estate, sim):
+    """Microsoft Learn (azure-monitor/metrics/migrate-to-batch-api): metrics:getBatch "doesn't
+    support querying custom metrics"; the simulator refuses them, so finops cannot rely on it."""
+    vm = next(iter(inventory.vms(clients, [_sub(estate)])))
+    with pytest.raises(HttpResponseError) as refused:
+        list(
+            metrics.query_batch(
+                clients,
+                vm["location"],
+                [vm["resource_id"]],
+                "Telegraf/nvidia_smi",
+                ["utilization_gpu"],
+                ["Average"],
+                estate.now - timedelta(hours=2),
+                estate.now,
+            )
+        )
+    assert refused.value.status_code == 400
+
+
+def test_the_gpu_namespace_is_spelt_as_telegraf_writes_it():
+    """Telegraf's azure_monitor output names a namespace "Telegraf/<input>" (its
+    defaultNamespacePrefix); the nvidia_smi input's fields are the metric names."""
+    settings = AzureSettings()
+    assert settings.gpu_metric_namespace == "Telegraf/" + "nvidia_smi"
+    assert {settings.gpu_metric_name, settings.gpu_memory_metric_name} == {
+        "utilization_gpu",
+        "memory_used",
+    }
 
 
 def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
@@ -288,8 +340,10 @@ def test_unsupported_api_version_is_refused_like_arm(clients, estate):
     assert "InvalidApiVersionParameter" in str(error.value)
 
 
-def test_collection_makes_no_call_per_vm(estate):
-    """Requests grow with pages and batches, not with VMs: 10x the VMs, same order of calls."""
+def test_collection_makes_no_call_per_vm_but_the_gpu_guest_metrics(estate):
+    """Requests grow with pages and batches, not with VMs: 10x the VMs, same order of calls.
+    The one call per VM is for the custom GPU metrics the batch API does not serve, and it is
+    made for GPU VMs only."""
     counts = {}
     for size in (60, 600):
         with SimServer(Estate(seed=7, vms=size), page_size=1000, cost_page_size=5000) as server:
@@ -297,8 +351,12 @@ def test_collection_makes_no_call_per_vm(estate):
             clients = AzureClients(StaticTokenCredential(), settings.azure)
             night = collect(clients, settings, server.estate.now)
             assert len(night.vms) == size
-            counts[size] = sum(server.requests.values())
-    assert counts[600] <= counts[60] + 2 * 2 * 3 * (600 // 50)  # only more metric batches
+            gpu_sizes = {s["size"].lower() for s in night.vm_sizes if s["gpus"] > 0}
+            gpu_vms = sum(1 for vm in night.vms if vm["size"].lower() in gpu_sizes)
+            requests = server.request_counts()
+            assert 0 < requests.pop("vm-metrics") == gpu_vms < size
+            counts[size] = sum(requests.values())
+    assert counts[600] <= counts[60] + 2 * 3 * (600 // 50)  # only more metric batches
     assert counts[600] < 600 / 5
 
 

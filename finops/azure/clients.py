@@ -162,6 +162,12 @@ def post_json(
     return _json(client, request, no_content, retry_on_methods=QUERY_RETRIED)
 
 
+def get_json(client: Any, url: str, params: dict[str, str]) -> Any:
+    """GET through an SDK client's own pipeline and return the JSON answer as sent: for the
+    calls no SDK the job uses makes (Resource Manager's per-resource metrics)."""
+    return _json(client, HttpRequest("GET", url, params=params), no_content=False)
+
+
 def _json(client: Any, request: HttpRequest, no_content: bool, **options: Any) -> Any:
     # streamed, then read here: otherwise the pipelines that hold a ContentDecodePolicy parse
     # the answer too, and response.json() parses it again (a second decoding of every page)

@@ -1,6 +1,11 @@
-"""Hourly CPU and GPU utilisation (and GPU memory used) through the Azure Monitor metrics batch API.
+"""Hourly CPU and GPU utilisation (and GPU memory used) from Azure Monitor.
 
-One call covers up to 50 resources of one subscription, region and type.
+Platform metrics (CPU) go through the metrics batch API, one call for up to 50 resources of one
+subscription, region and type. The GPU figures are custom metrics (Telegraf's `nvidia_smi` input
+through its `azure_monitor` output), which the batch API does not serve ("Custom metrics aren't
+currently supported", Microsoft Learn: azure-monitor/metrics/migrate-to-batch-api): they are read
+per VM through Resource Manager's metrics API, GPU VMs only. A VM that sends none is answered
+400 and has no GPU rows; the others of its batch keep theirs.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from finops.azure.clients import AzureClients, post_json
+from azure.core.exceptions import HttpResponseError
+
+from finops.azure.clients import AzureClients, get_json, post_json
 from finops.collection import Row
 
 BATCH_SIZE = 50
 VM_NAMESPACE = "Microsoft.Compute/virtualMachines"
 CPU_METRIC = "Percentage CPU"
 API_VERSION = "2024-02-01"  # as azure-monitor-querymetrics 1.0.0 sends it
+RESOURCE_API_VERSION = "2024-02-01"  # Microsoft.Insights/metrics on Resource Manager
 INSIGHTS = "/providers/microsoft.insights/"
 
 
@@ -74,32 +82,63 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+def guest_metrics(
+    clients: AzureClients,
+    resource_id: str,
+    namespace: str,
+    names: Iterable[str],
+    start: datetime,
+    end: datetime,
+) -> list[dict[str, Any]]:
+    """One resource's custom metrics `names` of `namespace`, hourly, as Resource Manager's
+    metrics API sends them; none where the resource sends no such metrics (Azure answers 400,
+    "Failed to find metric configuration for provider ...")."""
+    params = {
+        "api-version": RESOURCE_API_VERSION,
+        "timespan": f"{_iso(start)}/{_iso(end)}",
+        "interval": "PT1H",
+        "metricnamespace": namespace,
+        "metricnames": ",".join(name.replace(",", "%2") for name in names),
+        "aggregation": "Average,Maximum",
+    }
+    subscription = resource_id.split("/")[2]
+    url = f"{resource_id}/providers/Microsoft.Insights/metrics"
+    try:
+        answer = get_json(clients.resources(subscription), url, params)
+    except HttpResponseError as e:
+        if e.status_code in (400, 404):
+            return []
+        raise
+    return answer.get("value") or []
+
+
 def hourly_batch(
     clients: AzureClients, region: str, ids: list[str], start: datetime, end: datetime
 ) -> list[Row]:
     """Rows (resource_id, metric 'cpu'|'gpu'|'gpu_memory', ts, average, maximum) for the hours
-    with data of one batch of VMs: one call for CPU, one for the GPU guest metrics (utilisation
-    and memory used, MiB per GPU)."""
+    with data of one batch of GPU VMs: one batch call for CPU, one call per VM for the GPU
+    guest metrics (utilisation and memory used, MiB per GPU)."""
     settings = clients.settings
-    queries = [
-        (VM_NAMESPACE, {CPU_METRIC: "cpu"}),
-        (
-            settings.gpu_metric_namespace,
-            {settings.gpu_metric_name: "gpu", settings.gpu_memory_metric_name: "gpu_memory"},
-        ),
-    ]
-    rows = []
-    for namespace, names in queries:
-        by_name = {name.lower(): metric for name, metric in names.items()}
-        answer = query_batch(
-            clients, region, ids, namespace, names, ("Average", "Maximum"), start, end
+    rows: list[Row] = []
+    answer = query_batch(
+        clients, region, ids, VM_NAMESPACE, (CPU_METRIC,), ("Average", "Maximum"), start, end
+    )
+    for resource_id, metric in answer:
+        if metric["name"]["value"].lower() == CPU_METRIC.lower():
+            for series in metric.get("timeseries") or []:
+                rows += points(resource_id, "cpu", series)
+    names = {settings.gpu_metric_name: "gpu", settings.gpu_memory_metric_name: "gpu_memory"}
+    by_name = {name.lower(): ours for name, ours in names.items()}
+    for resource_id in ids:
+        found = guest_metrics(
+            clients, resource_id, settings.gpu_metric_namespace, names, start, end
         )
-        for resource_id, series_metric in answer:
-            metric = by_name.get(series_metric["name"]["value"].lower())
-            if metric is None:
+        for metric in found:
+            ours = by_name.get(metric["name"]["value"].lower())
+            if ours is None:
                 continue
-            for series in series_metric.get("timeseries") or []:
-                rows += points(resource_id, metric, series)
+            for series in metric.get("timeseries") or []:
+                rows += points(resource_id.lower(), ours, series)
     return rows
 
 

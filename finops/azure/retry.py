@@ -4,6 +4,8 @@
 - Cost Management's throttling answer: a 429 that carries only
   `x-ms-ratelimit-microsoft.costmanagement-{qpu,entity,tenant,clienttype}-retry-after`, on a POST,
   which azure-core would not retry at all;
+- Azure Monitor metrics' throttling answer, 529 (Microsoft Learn, azure-monitor/metrics/
+  migrate-to-batch-api: "implement an exponential backoff retry scheme");
 - every wait bounded by `retry_backoff_max`, and the whole call by the `timeout` budget.
 """
 
@@ -16,6 +18,8 @@ from azure.core.exceptions import ServiceResponseTimeoutError
 from azure.core.pipeline.policies import RetryPolicy
 
 LAST_STATUS = "finops_last_retried_status"
+
+THROTTLED = frozenset({429, 529})
 
 RATE_LIMIT_HEADER = re.compile(r"x-ms-ratelimit-microsoft\.costmanagement-[a-z]+-retry-after", re.I)
 
@@ -38,7 +42,7 @@ class FinopsRetryPolicy(RetryPolicy):
     def is_retry(self, settings, response) -> bool:
         status = response.http_response.status_code
         # throttled: nothing was done, so even a POST is retried
-        retry = status == 429 or super().is_retry(settings, response)
+        retry = status in THROTTLED or super().is_retry(settings, response)
         if retry:
             response.context[LAST_STATUS] = status
         return retry
@@ -52,7 +56,7 @@ class FinopsRetryPolicy(RetryPolicy):
                 raise
             raise ServiceResponseTimeoutError(
                 f"gave up after the retry budget of {self.timeout:g} s: Azure kept answering "
-                f"{status}{' (throttled)' if status == 429 else ''}"
+                f"{status}{' (throttled)' if status in THROTTLED else ''}"
             ) from None
 
 

@@ -33,7 +33,7 @@ from finops.catalog import gpu_sizes
 from finops.sim.estate import CPU_SIZES, STORAGE_DAILY_COST, Estate, SimDisk
 from finops.sim.kql import KqlChecker
 
-GPU_NAMESPACE = "telegraf/nvidia_smi"
+GPU_NAMESPACE = "Telegraf/nvidia_smi"  # as Telegraf names it: "Telegraf/<input>"
 GPU_METRIC = "utilization_gpu"
 GPU_MEMORY_METRIC = "memory_used"  # MiB per GPU, as Telegraf's nvidia_smi input reports it
 CPU_NAMESPACE = "microsoft.compute/virtualmachines"
@@ -626,35 +626,103 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# platform metrics of VMs, and Telegraf's (nvidia_smi input, azure_monitor output) custom ones
+VM_METRICS = {
+    (CPU_NAMESPACE, CPU_METRIC.lower()): ("cpu", "Percent"),
+    (GPU_NAMESPACE.lower(), GPU_METRIC): ("gpu", "Percent"),
+    (GPU_NAMESPACE.lower(), GPU_MEMORY_METRIC): ("gpu_memory", "Unspecified"),
+}
+
+
+def _hours(start: datetime, end: datetime) -> list[datetime]:
+    hours = []
+    moment = start.replace(minute=0, second=0, microsecond=0)
+    while moment < end:
+        hours.append(moment)
+        moment += timedelta(hours=1)
+    return hours
+
+
+def _metric_query(req: Request) -> tuple[str, list[str], list[str]]:
+    """(namespace lower-cased, metric names, aggregations lower-cased) of a metrics query."""
+    if req.query.get("interval", "PT1H").upper() != "PT1H":
+        raise ApiError(400, "BadRequest", "The simulator serves hourly metrics only (PT1H).")
+    namespace = req.query["metricnamespace"].lower()
+    names = [n.strip() for n in req.query["metricnames"].split(",")]
+    aggregations = [a.strip().lower() for a in req.query.get("aggregation", "average").split(",")]
+    return namespace, names, aggregations
+
+
+def _vm_metrics(estate, vm, rid, namespace, names, hours, aggregations) -> list[dict[str, Any]]:
+    """One VM's metrics as Azure Monitor lists them (a value per metric, one time series)."""
+    stamps = [_iso(hour) for hour in hours]
+    found = []
+    for name in names:
+        metric, unit = VM_METRICS[(namespace, name.lower())]
+        data = []
+        for stamp, sample in zip(stamps, estate.hourly(vm, metric, hours), strict=True):
+            point: dict[str, Any] = {"timeStamp": stamp}
+            if sample is not None:
+                if "average" in aggregations:
+                    point["average"] = sample[0]
+                if "maximum" in aggregations:
+                    point["maximum"] = sample[1]
+            data.append(point)
+        found.append(
+            {
+                "id": f"{rid}/providers/Microsoft.Insights/metrics/{name}",
+                "type": "Microsoft.Insights/metrics",
+                "name": {"value": name, "localizedValue": name},
+                "displayDescription": "",
+                "unit": unit,
+                "timeseries": [{"metadatavalues": [], "data": data}],
+                "errorCode": "Success",
+            }
+        )
+    return found
+
+
+def _no_configuration(namespace: str, name: str) -> ApiError:
+    """Azure Monitor's answer for a metric it holds no configuration of (as quoted in
+    Azure/azure-sdk-for-net#29584)."""
+    provider, _, kind = namespace.partition("/")
+    return ApiError(
+        400,
+        "BadRequest",
+        f"Failed to find metric configuration for provider: {provider}, resource Type: {kind}, "
+        f"metric: {name}, Valid metrics: ",
+    )
+
+
+def _unknown_metrics(namespace: str, names: list[str]) -> ApiError | None:
+    unknown = [name for name in names if (namespace, name.lower()) not in VM_METRICS]
+    return _no_configuration(namespace, unknown[0]) if unknown else None
+
+
 def metrics_batch(req: Request, subscription_id: str) -> Reply:
     sub = _subscription(req, subscription_id)
     estate = req.sim.estate
     ids = (req.body or {}).get("resourceids") or []
     if not ids or len(ids) > MAX_BATCH_RESOURCES:
         raise ApiError(400, "BadRequest", f"resourceids must hold 1 to {MAX_BATCH_RESOURCES} ids.")
-    namespace = req.query["metricnamespace"].lower()
-    names = [n.strip() for n in req.query["metricnames"].split(",")]
-    if req.query.get("interval", "PT1H").upper() != "PT1H":
-        raise ApiError(400, "BadRequest", "The simulator serves hourly metrics only (PT1H).")
+    namespace, names, aggregations = _metric_query(req)
     start = datetime.fromisoformat(req.query["starttime"]).astimezone(UTC)
     end = datetime.fromisoformat(req.query["endtime"]).astimezone(UTC)
-    aggregations = [a.strip().lower() for a in req.query.get("aggregation", "average").split(",")]
     if namespace == AI_NAMESPACE:
-        hours = []
-        moment = start.replace(minute=0, second=0, microsecond=0)
-        while moment < end:
-            hours.append(moment)
-            moment += timedelta(hours=1)
-        return _ai_metrics(req, ids, names, hours, aggregations)
-    known = {
-        (CPU_NAMESPACE, CPU_METRIC): ("cpu", "Percent"),
-        (GPU_NAMESPACE, GPU_METRIC): ("gpu", "Percent"),
-        (GPU_NAMESPACE, GPU_MEMORY_METRIC): ("gpu_memory", "Unspecified"),
-    }
-    if not all((namespace, name) in known for name in names):
+        return _ai_metrics(req, ids, names, _hours(start, end), aggregations)
+    if namespace != CPU_NAMESPACE:
+        # Microsoft Learn, azure-monitor/metrics/migrate-to-batch-api: "The metrics:getBatch API
+        # doesn't support querying custom metrics, or queries where the metric namespace name
+        # isn't a resource type"
         raise ApiError(
-            400, "BadRequest", f"Failed to find metric configuration for {namespace}: {names}."
+            400,
+            "BadRequest",
+            f"Metric namespace {req.query['metricnamespace']} is not a resource type: "
+            "metrics:getBatch does not serve custom metrics.",
         )
+    error = _unknown_metrics(namespace, names)
+    if error:
+        raise error
     vms = []
     for rid in ids:
         vm = estate.by_id.get(rid.lower())
@@ -663,51 +731,48 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
         vms.append(vm)
     if len({vm.location for vm in vms}) > 1:
         raise ApiError(400, "BadRequest", "All resources of a batch must be in one region.")
-    hours = []
-    moment = start.replace(minute=0, second=0, microsecond=0)
-    while moment < end:
-        hours.append(moment)
-        moment += timedelta(hours=1)
-    stamps = [_iso(hour) for hour in hours]
-    values = []
-    for rid, vm in zip(ids, vms, strict=True):
-        series_values = []
-        for name in names:
-            metric, unit = known[(namespace, name)]
-            if metric != "cpu" and vm.gpu is None:
-                continue  # no GPU telemetry reaches Azure Monitor from this VM
-            data = []
-            for stamp, sample in zip(stamps, estate.hourly(vm, metric, hours), strict=True):
-                point: dict[str, Any] = {"timeStamp": stamp}
-                if sample is not None:
-                    if "average" in aggregations:
-                        point["average"] = sample[0]
-                    if "maximum" in aggregations:
-                        point["maximum"] = sample[1]
-                data.append(point)
-            series_values.append(
-                {
-                    "id": f"{rid}/providers/Microsoft.Insights/metrics/{name}",
-                    "type": "Microsoft.Insights/metrics",
-                    "name": {"value": name, "localizedValue": name},
-                    "displayDescription": "",
-                    "unit": unit,
-                    "timeseries": [{"metadatavalues": [], "data": data}],
-                    "errorCode": "Success",
-                }
-            )
-        values.append(
-            {
-                "starttime": _iso(start),
-                "endtime": _iso(end),
-                "interval": "PT1H",
-                "namespace": req.query["metricnamespace"],
-                "resourceregion": vm.location,
-                "resourceid": rid,
-                "value": series_values,
-            }
-        )
+    hours = _hours(start, end)
+    values = [
+        {
+            "starttime": _iso(start),
+            "endtime": _iso(end),
+            "interval": "PT1H",
+            "namespace": req.query["metricnamespace"],
+            "resourceregion": vm.location,
+            "resourceid": rid,
+            "value": _vm_metrics(estate, vm, rid, namespace, names, hours, aggregations),
+        }
+        for rid, vm in zip(ids, vms, strict=True)
+    ]
     return 200, {"values": values}, {}
+
+
+def resource_metrics(req: Request, subscription_id: str, group: str, name: str) -> Reply:
+    """Resource Manager's metrics of one VM (Microsoft.Insights/metrics, as in the REST specs'
+    GetMetric.json): platform and custom namespaces alike. A VM without Telegraf has no custom
+    metrics, and Azure answers 400 for metrics it holds no configuration of."""
+    vm = _vm(req, subscription_id, group, name)
+    namespace, names, aggregations = _metric_query(req)
+    first, _, last = req.query["timespan"].partition("/")
+    start = datetime.fromisoformat(first).astimezone(UTC)
+    end = datetime.fromisoformat(last).astimezone(UTC)
+    error = _unknown_metrics(namespace, names)
+    if error is None and namespace != CPU_NAMESPACE and vm.gpu is None:
+        error = _no_configuration(namespace, names[0])  # no Telegraf on this VM
+    if error:
+        raise error
+    rid = req.path.rsplit("/providers/", 1)[0]
+    body = {
+        "cost": 0,
+        "timespan": f"{_iso(start)}/{_iso(end)}",
+        "interval": "PT1H",
+        "value": _vm_metrics(
+            req.sim.estate, vm, rid, namespace, names, _hours(start, end), aggregations
+        ),
+        "namespace": req.query["metricnamespace"],
+        "resourceregion": vm.location,
+    }
+    return 200, body, {}
 
 
 def _account_item(a) -> dict[str, Any]:
@@ -1309,6 +1374,13 @@ def _routes() -> list[Route]:
         ("ai-deployments", "GET", account + "/deployments", ai_api, list_ai_deployments),
         ("costs", "POST", r"/(.+)/providers/Microsoft\.CostManagement/query", cost_api, cost_query),
         ("vm", "GET", vm, compute_api, get_vm),
+        (
+            "vm-metrics",
+            "GET",
+            vm + r"/providers/Microsoft\.Insights/metrics",
+            "2024-02-01",
+            resource_metrics,
+        ),
         ("instance-view", "GET", vm + "/instanceView", compute_api, vm_instance_view),
         ("deallocate", "POST", vm + "/deallocate", compute_api, deallocate_vm),
         ("group", "GET", group, arm, get_group),
