@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+import itertools
+from datetime import UTC, date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -296,6 +297,37 @@ def test_costs_follow_next_link_and_keep_money_exact(clients, estate, sim):
     billed = costs.daily(clients, sub, start, end, "ActualCost")
     assert not [r for r in billed if r["resource_id"] == vm.id.lower() and r["cost"]]
     assert all(r["resource_id"] for r in billed)  # the reservation purchase has no resource
+
+
+def test_a_cost_window_longer_than_a_month_is_asked_a_month_at_a_time(clients, estate, sim):
+    """The Query API moves a Daily query's `from` up to `to` - 1 month + 1 day without a word
+    (the simulator too): 76 days are asked in windows it answers whole, and every day with a
+    cost comes back."""
+    sub = _sub(estate)
+    end = estate.now.date()
+    start = end - timedelta(days=75)
+    asked = len(sim.cost_periods)
+    rows = list(costs.daily(clients, sub, start, end, "ActualCost"))
+    windows = [(first, last) for _, _, first, last in sim.cost_periods[asked:]]
+    assert len(windows) == 3 and windows[0][0] == start and windows[-1][1] == end
+    for (_, last), (first, _) in itertools.pairwise(windows):
+        assert first == last + timedelta(days=1)  # contiguous, none asked twice
+    vm = next(v for v in estate.vms_in(sub) if v.name == "dev-nc-a100-idle")  # on for months
+    days = [start + timedelta(days=n) for n in range(76)]
+    billed = {d for d in days if estate.daily_cost(vm, d) > 0}
+    got = {r["usage_date"] for r in rows if r["resource_id"] == vm.id.lower() and r["cost"]}
+    assert min(billed) < end - timedelta(days=45) and got == billed
+
+
+@pytest.mark.parametrize("end", [date(2026, 3, 1), date(2026, 3, 31), date(2028, 2, 29)])
+def test_cost_windows_tile_the_days_and_each_is_answered_whole(end):
+    start = end - timedelta(days=400)
+    found = costs.windows(start, end)
+    assert found[0][0] == start and found[-1][1] == end
+    for first, last in found:
+        assert first >= costs.month_before(last) + timedelta(days=1)
+    covered = sum((last - first).days + 1 for first, last in found)
+    assert covered == (end - start).days + 1
 
 
 def test_a_cost_window_without_usage_is_answered_204_and_reads_as_no_rows(clients, estate, sim):

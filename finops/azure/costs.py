@@ -9,8 +9,9 @@ is the same POST body sent to that link).
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -44,6 +45,25 @@ def query_body(cost_type: str, start: date, end: date) -> dict[str, Any]:
     }
 
 
+def month_before(day: date) -> date:
+    """The same day a month earlier, the month's last where it has fewer days."""
+    year, month = (day.year, day.month - 1) if day.month > 1 else (day.year - 1, 12)
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def windows(start: date, end: date) -> list[tuple[date, date]]:
+    """[start, end] cut into the longest windows a Daily query answers whole. The Query API
+    silently moves a Daily query's `from` up to `to` - 1 month + 1 day (Microsoft's cost-query
+    guardrails, microsoft/GitHub-Copilot-for-Azure, azure-cost-optimization skill): a longer
+    window would lose its first days without a word."""
+    found = []
+    while end >= start:
+        first = max(start, month_before(end) + timedelta(days=1))
+        found.append((first, end))
+        end = first - timedelta(days=1)
+    return found[::-1]
+
+
 def _pages(clients: AzureClients, scope: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     client = clients.costs()
     url, params = f"/{scope}/providers/Microsoft.CostManagement/query", {"api-version": API_VERSION}
@@ -62,14 +82,14 @@ def daily(
 ) -> Iterator[Row]:
     """The subscription's daily cost from `start` to `end` (both included), page by page. Rows
     of one page whose ids differ only in case (APIs disagree on it) are summed into one; the
-    store adds up those that fall on different pages."""
-    body = query_body(cost_type, start, end)
+    store adds up those that fall on different pages. Windows longer than the Query API
+    answers whole are asked a month at a time."""
     # a window repeats each resource once a day and many costs (an always-on VM's day): the
     # parsed day, cost and scope are looked up, not parsed again, for each row
     days: dict[Any, date] = {}
     amounts: dict[Any, Decimal] = {}
     scopes: dict[str, tuple[str, str]] = {}
-    for props in _pages(clients, f"subscriptions/{subscription_id}", body):
+    for props in _all_pages(clients, subscription_id, cost_type, start, end):
         rows: dict[tuple, Row] = {}
         names = [c["name"] for c in props.get("columns") or []]
         try:
@@ -110,6 +130,14 @@ def daily(
         if len(scopes) > PARSED_KEPT or len(amounts) > PARSED_KEPT:  # memory stays flat
             scopes.clear()
             amounts.clear()
+
+
+def _all_pages(
+    clients: AzureClients, subscription_id: str, cost_type: str, start: date, end: date
+) -> Iterator[dict[str, Any]]:
+    for first, last in windows(start, end):
+        body = query_body(cost_type, first, last)
+        yield from _pages(clients, f"subscriptions/{subscription_id}", body)
 
 
 def _amount(value: Any) -> Decimal:

@@ -19,7 +19,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -926,6 +926,8 @@ def cost_query(req: Request, scope: str) -> Reply:
         raise ApiError(400, "BadRequest", "The simulator answers Custom timeframes, Daily.")
     first = datetime.fromisoformat(body["timePeriod"]["from"]).date()
     last = datetime.fromisoformat(body["timePeriod"]["to"]).date()
+    # as Azure does, without a word: a Daily query answers from `to` - 1 month + 1 day at most
+    first = max(first, _earliest_daily_from(last))
     (alias,) = dataset["aggregation"].values()
     groups = [g["name"] for g in dataset.get("grouping", [])]
     if not set(groups) <= {"ResourceId", "MeterCategory", "ServiceName"}:
@@ -966,6 +968,16 @@ def cost_query(req: Request, scope: str) -> Reply:
         },
         {},
     )
+
+
+def _earliest_daily_from(to: date) -> date:
+    """`to` - 1 month + 1 day (the month before clamped to its length), written apart from
+    finops's own code so that the two are checked against each other."""
+    month_back = date(to.year - (to.month == 1), (to.month - 2) % 12 + 1, 1)
+    days = (
+        date(month_back.year + month_back.month // 12, month_back.month % 12 + 1, 1) - month_back
+    ).days
+    return month_back.replace(day=min(to.day, days)) + timedelta(days=1)
 
 
 def _cost_rows(estate, subscription_id, cost_type, first, last, groups, only) -> list[list]:
