@@ -299,6 +299,9 @@ def _collect(
             with tolerated(night, "cost export", location):
                 night.cost_files += focus.find(location, settings.azure)
         info.update(rows=len(night.costs), export_files=len(night.cost_files))
+    if clients.pacer.waited:
+        # summed over the requests held: how much Azure's throttling budgets slowed the night
+        log.info("requests held %.1f s in all by Azure's throttling budgets", clients.pacer.waited)
     return night
 
 

@@ -28,6 +28,7 @@ from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.monitor.querymetrics import MetricsClient
 
 from finops.azure.retry import retry_policy
+from finops.azure.throttle import Pacer
 from finops.config import AzureSettings
 
 
@@ -85,6 +86,8 @@ class AzureClients:
             read_timeout=settings.timeout_seconds,
         )
         self._options: dict[str, Any] = {"base_url": settings.arm_endpoint, "transport": transport}
+        # one for every client: Azure's budgets are per user, subscription or tenant
+        self.pacer = Pacer(settings.retry_backoff_max_seconds)
         self.subscription = cache(self._subscription)
         self.compute = cache(self._compute)
         self.devtestlabs = cache(self._devtestlabs)
@@ -95,8 +98,12 @@ class AzureClients:
         self.graph = cache(self._graph)
 
     def options(self) -> dict[str, Any]:
-        """Client options: endpoint, trust, timeouts, and a retry policy of its own."""
-        return {**self._options, "retry_policy": retry_policy(self.settings)}
+        """Client options: endpoint, trust, timeouts, a retry policy of its own, the pacer."""
+        return {
+            **self._options,
+            "retry_policy": retry_policy(self.settings),
+            "per_retry_policies": [self.pacer],
+        }
 
     def _subscription(self) -> SubscriptionClient:
         return SubscriptionClient(self.credential, **self.options())

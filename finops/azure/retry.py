@@ -4,6 +4,8 @@
 - Cost Management's throttling answer: a 429 that carries only
   `x-ms-ratelimit-microsoft.costmanagement-{qpu,entity,tenant,clienttype}-retry-after`, on a POST,
   which azure-core would not retry at all;
+- Resource Graph's: a 429 that says when the user's quota resets in
+  `x-ms-user-quota-resets-after` (hh:mm:ss);
 - Azure Monitor metrics' throttling answer, 529 (Microsoft Learn, azure-monitor/metrics/
   migrate-to-batch-api: "implement an exponential backoff retry scheme");
 - every wait bounded by `retry_backoff_max`, and the whole call by the `timeout` budget.
@@ -16,6 +18,8 @@ import re
 
 from azure.core.exceptions import ServiceResponseTimeoutError
 from azure.core.pipeline.policies import RetryPolicy
+
+from finops.azure.throttle import GRAPH_RESETS, resets_after
 
 LAST_STATUS = "finops_last_retried_status"
 
@@ -31,12 +35,13 @@ class FinopsRetryPolicy(RetryPolicy):
     def get_retry_after(self, response) -> float | None:
         wait = super().get_retry_after(response)
         if wait is None:
+            headers = response.http_response.headers
             waits = [
                 float(value)
-                for name, value in response.http_response.headers.items()
+                for name, value in headers.items()
                 if RATE_LIMIT_HEADER.fullmatch(name) and value.replace(".", "", 1).isdigit()
             ]
-            wait = max(waits) if waits else None
+            wait = max(waits) if waits else resets_after(headers.get(GRAPH_RESETS))
         return None if wait is None else min(wait, self.backoff_max)
 
     def is_retry(self, settings, response) -> bool:

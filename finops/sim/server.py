@@ -68,6 +68,81 @@ class Fault:
     skip: int = 0
 
 
+@dataclass
+class Budgets:
+    """Azure's throttling, when asked for: Resource Graph's per-user quota (`graph_queries` a
+    `graph_window`), Resource Manager's per-subscription read bucket (`arm_reads`, refilled
+    `arm_refill` a second), Cost Management's QPU per minute, each with the headers Azure sends
+    on every answer and a 429 past the budget (see finops/azure/throttle.py for the sources)."""
+
+    graph_queries: int = 15
+    graph_window: float = 5.0
+    arm_reads: int = 250
+    arm_refill: float = 25.0
+    qpu_per_minute: int = 60
+    throttled: Counter = field(default_factory=Counter)  # 429s answered, by budget
+    _graph: list[float] = field(default_factory=list)
+    _arm: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _qpu: list[float] = field(default_factory=list)
+
+    def spend(self, route: str, method: str, path: str) -> tuple[bool, dict[str, str]]:
+        """(throttled, headers) for one request, its budget spent where it is admitted."""
+        now = time.monotonic()
+        if route == "graph":
+            self._graph[:] = [t for t in self._graph if now - t < self.graph_window]
+            resets = (
+                self.graph_window - (now - self._graph[0]) if self._graph else self.graph_window
+            )
+            admitted = len(self._graph) < self.graph_queries
+            if admitted:
+                self._graph.append(now)
+            left = self.graph_queries - len(self._graph)
+            hours, rest = divmod(max(resets, 0.0), 3600)
+            minutes, seconds = divmod(rest, 60)
+            stamp = f"{int(hours):02d}:{int(minutes):02d}:{seconds:06.3f}"
+            headers = {
+                "x-ms-user-quota-remaining": str(left),
+                "x-ms-user-quota-resets-after": stamp,
+            }
+            return self._count(not admitted, "graph"), headers
+        if route == "costs":
+            self._qpu[:] = [t for t in self._qpu if now - t < 60]
+            admitted = len(self._qpu) < self.qpu_per_minute
+            if admitted:
+                self._qpu.append(now)
+            left = self.qpu_per_minute - len(self._qpu)
+            headers = {
+                "x-ms-ratelimit-microsoft.costmanagement-qpu-consumed": "1" if admitted else "0",
+                "x-ms-ratelimit-microsoft.costmanagement-qpu-remaining": f"QueriesPerMin:{left}",
+            }
+            if not admitted:
+                wait = 60 - (now - self._qpu[0])
+                headers["x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after"] = f"{wait:.0f}"
+            return self._count(not admitted, "costs"), headers
+        match = re.match(r"/subscriptions/([^/]+)", path, re.IGNORECASE)
+        if method != "GET" or not match:
+            return False, {}
+        sub = match.group(1).lower()
+        tokens, then = self._arm.get(sub, (float(self.arm_reads), now))
+        tokens = min(float(self.arm_reads), tokens + (now - then) * self.arm_refill)
+        admitted = tokens >= 1
+        if admitted:
+            tokens -= 1
+        self._arm[sub] = (tokens, now)
+        headers = {"x-ms-ratelimit-remaining-subscription-reads": str(int(tokens))}
+        if not admitted:
+            headers["Retry-After"] = str(max(1, round(1 / self.arm_refill)))
+        return self._count(not admitted, "arm"), headers
+
+    def _count(self, throttled: bool, budget: str) -> bool:
+        if throttled:
+            self.throttled[budget] += 1
+        return throttled
+
+
+THROTTLED_CODES = {"graph": "RateLimiting", "costs": "429", "arm": "TooManyRequests"}
+
+
 class Route:
     def __init__(self, name: str, method: str, pattern: str, versions: set[str], handler):
         self.name, self.method, self.versions, self.handler = name, method, versions, handler
@@ -99,8 +174,10 @@ class SimServer:
         cost_page_size: int = 200,
         prices_page_size: int = 5,
         kql: KqlChecker | None = None,
+        budgets: Budgets | None = None,
     ):
         self.estate = estate
+        self.budgets = budgets  # Azure's throttling, where a test asks for it
         # Microsoft's Kusto parser, where installed: Resource Graph refuses what it rejects
         self.kql = kql or KqlChecker.find()
         self.page_size = page_size
@@ -193,6 +270,15 @@ class SimServer:
                     f"The supported versions are '{supported}'."
                 )
                 return route.name, _error(400, "InvalidApiVersionParameter", message), "status"
+            spent: dict[str, str] = {}
+            if self.budgets is not None:
+                with self._lock:
+                    throttled, spent = self.budgets.spend(route.name, method, parts.path)
+                if throttled:
+                    budget = route.name if route.name in THROTTLED_CODES else "arm"
+                    code = THROTTLED_CODES[budget]
+                    status, payload, _ = _error(429, code, "Rate limit exceeded. Retry later.")
+                    return route.name, (status, payload, spent), "status"
             fault = self._fault_for(route.name, parts.path + body.decode(errors="replace"))
             if fault and fault.delay:
                 time.sleep(fault.delay)
@@ -207,6 +293,7 @@ class SimServer:
                 reply = _error(e.status, e.code, e.message, e.details)
             except (ValueError, KeyError, TypeError) as e:
                 reply = _error(400, "BadRequest", f"Invalid request: {e}")
+            reply = (reply[0], reply[1], {**spent, **reply[2]})
             return route.name, reply, fault.kind if fault else "status"
         return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}"), "status"
 
