@@ -9,6 +9,7 @@ check both the rows finops reads from Azure's own answer and the request it sent
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import tempfile
 import threading
@@ -70,7 +71,13 @@ class Replay:
         response = example(name)["responses"][status]
         # links to Azure come back to this server
         body = json.loads(json.dumps(response.get("body")).replace(ARM, self.url))
-        headers = response.get("headers") or {}
+        # the operations a 202 points to are polled here too, wherever the example points
+        headers = {
+            name: re.sub(r"^https://[^/]+", self.url, value)
+            if name.lower() in ("location", "azure-asyncoperation")
+            else value
+            for name, value in (response.get("headers") or {}).items()
+        }
         self.answers.append((method, path.lower(), body_has, int(status), body, headers))
 
     def clients(self) -> AzureClients:
@@ -105,7 +112,7 @@ def _handler(replay: Replay) -> type[BaseHTTPRequestHandler]:
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
             asked = Asked(self.command, parts.path, query, json.loads(raw) if raw else None)
             status, body, headers = replay.reply(asked, raw)
-            data = b"" if status == 204 or body is None else json.dumps(body).encode()
+            data = b"" if status in (202, 204) or body is None else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))

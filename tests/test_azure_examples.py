@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from finops.azure import costs, graph, inventory, metrics, openai
+from finops.azure import actions, costs, graph, inventory, metrics, openai
 from finops.azure.clients import get_json, post_json
 from tests.replay import Replay, example
 
@@ -306,3 +306,72 @@ def test_the_simulator_answers_as_the_example_does(name, clients, estate, sim):
         assert answered and answered <= documented, (
             f"{name}: {path} is {answered} in the simulator, {documented} in Azure's example"
         )
+
+
+# -- the remediation calls -----------------------------------------------------------------
+
+
+def _vm(sub: str, group: str, name: str) -> actions.VmRef:
+    return actions.VmRef.parse(
+        f"/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
+
+
+def test_the_power_state_is_read_from_the_instance_view(replay):
+    params = example("VirtualMachine_Get_InstanceView")["parameters"]
+    vm = _vm("0000", params["resourceGroupName"], params["vmName"])
+    replay.answer("GET", vm.id + "/instanceView", "VirtualMachine_Get_InstanceView")
+    compute = replay.clients().compute(vm.subscription_id).virtual_machines
+    view = compute.instance_view(vm.resource_group, vm.name)
+    assert actions.power_of(view) == "running"
+
+
+def test_a_schedules_status_is_read_and_one_is_created_in_the_documented_form(replay):
+    params = example("GlobalSchedules_Get")["parameters"]
+    vm = _vm("0000", params["resourceGroupName"], "gpu-1")
+    path = f"/subscriptions/0000/resourceGroups/{vm.resource_group}"
+    path += f"/providers/Microsoft.DevTestLab/schedules/{vm.schedule_name}"
+    replay.answer("GET", path, "GlobalSchedules_Get")
+    replay.answer("PUT", path, "GlobalSchedules_CreateOrUpdate", status="201")
+    clients = replay.clients()
+    got = clients.devtestlabs("0000").global_schedules.get(vm.resource_group, vm.schedule_name)
+    assert got.status == "Enabled"  # what read_live keeps of it
+    actions.create_auto_shutdown(clients, vm, "eastus", "1900", "UTC", None)
+    sent = replay.asked[-1].body["properties"]
+    documented = example("GlobalSchedules_CreateOrUpdate")["parameters"]["schedule"]["properties"]
+    assert re.fullmatch(r"\d{4}", documented["weeklyRecurrence"]["time"])  # "0700": HHmm
+    assert sent["dailyRecurrence"]["time"] == "1900"
+    assert {"status", "timeZoneId", "taskType"} <= set(sent) & set(documented)
+
+
+@pytest.mark.parametrize("status", ["200", "202"])
+def test_tags_are_merged_whether_azure_answers_at_once_or_later(replay, status):
+    documented = example("PatchTagsResource")
+    scope = documented["parameters"]["scope"]
+    vm = actions.VmRef.parse(
+        "/" + scope.replace("myPRNameSpace/VM", "Microsoft.Compute/virtualMachines")
+    )
+    path = f"/{vm.id.lstrip('/')}/providers/Microsoft.Resources/tags/default"
+    replay.answer("PATCH", path, "PatchTagsResource", status=status)
+    if status == "202":  # polled where the answer's location points, until done
+        replay.answer(
+            "GET",
+            "/subscriptions/00000000-0000-0000-0000-000000000000/operationresults/"
+            "c9bbccf4-e16a-4eb7-befb-2e2e5195c347",
+            "PatchTagsResource",
+        )
+    actions.merge_tags(replay.clients(), vm, {"finops-exempt": "false"})
+    sent = replay.asked[0].body
+    assert set(sent) == set(documented["parameters"]["parameters"])
+    assert sent == {"operation": "Merge", "properties": {"tags": {"finops-exempt": "false"}}}
+    assert len(replay.asked) == (2 if status == "202" else 1)
+
+
+@pytest.mark.parametrize("status", ["200", "202"])
+def test_a_deallocation_completes_whether_azure_answers_at_once_or_later(replay, status):
+    params = example("VirtualMachine_Deallocate_MinimumSet_Gen")["parameters"]
+    vm = _vm("0000", params["resourceGroupName"], params["vmName"])
+    replay.answer("POST", vm.id + "/deallocate", "VirtualMachine_Deallocate_MinimumSet_Gen", status)
+    replay.answer("GET", "/operationstatus", "VirtualMachine_Deallocate_MinimumSet_Gen")
+    actions.deallocate(replay.clients(), vm, timeout=30)
+    assert [a.method for a in replay.asked] == (["POST", "GET"] if status == "202" else ["POST"])

@@ -61,6 +61,14 @@ class LiveState:
         }
 
 
+def power_of(view) -> str:
+    """`running`, `deallocated`, ... from an instance view's `PowerState/<state>` status."""
+    for status in view.statuses or []:
+        if (status.code or "").lower().startswith("powerstate/"):
+            return status.code.split("/", 1)[1].lower()
+    return "unknown"
+
+
 def read_live(clients: AzureClients, vm: VmRef) -> LiveState:
     compute = clients.compute(vm.subscription_id).virtual_machines
     try:
@@ -68,10 +76,6 @@ def read_live(clients: AzureClients, vm: VmRef) -> LiveState:
         view = compute.instance_view(vm.resource_group, vm.name)
     except ResourceNotFoundError:
         return LiveState(exists=False)
-    power = "unknown"
-    for status in view.statuses or []:
-        if (status.code or "").lower().startswith("powerstate/"):
-            power = status.code.split("/", 1)[1].lower()
     group = clients.resources(vm.subscription_id).resource_groups.get(vm.resource_group)
     try:
         schedule = clients.devtestlabs(vm.subscription_id).global_schedules.get(
@@ -82,7 +86,7 @@ def read_live(clients: AzureClients, vm: VmRef) -> LiveState:
         auto_shutdown = "none"
     return LiveState(
         exists=True,
-        power_state=power,
+        power_state=power_of(view),
         location=resource.location or "",
         tags=dict(resource.tags or {}),
         group_tags=dict(group.tags or {}),
