@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from datetime import UTC, date, timedelta
 from decimal import Decimal
 
@@ -229,18 +230,20 @@ def test_metrics_batches_hold_at_most_50_vms_of_one_region(sim, estate):
         assert server.requests["unknown"] == 0
 
 
-def test_a_vm_without_telegraf_costs_the_others_of_its_batch_nothing(clients, estate, sim):
+def test_a_vm_without_telegraf_costs_the_others_of_its_batch_nothing(clients, estate, sim, caplog):
     """Azure answers 400 for custom metrics a VM never sent: that VM has CPU rows only, the
     others of its batch keep their GPU rows."""
     found = inventory.vms(clients, _all_subs(estate))
     eastus = [vm for vm in found if vm["location"] == "eastus" and vm["name"].startswith("infer-")]
     silent = next(vm for vm in eastus if vm["name"] == "infer-nc-t4-notelemetry")
     assert len(eastus) > 1
+    caplog.set_level(logging.INFO, logger="finops")
     rows = list(metrics.hourly(clients, eastus, estate.now - timedelta(hours=6), estate.now))
     kinds: dict[str, set[str]] = {}
     for row in rows:
         kinds.setdefault(row["resource_id"], set()).add(row["metric"])
     assert kinds[silent["resource_id"]] == {"cpu"}
+    assert f"1 of {len(eastus)} GPU VMs in eastus send no Telegraf/nvidia_smi" in caplog.text
     for vm in eastus:
         if vm is not silent and estate.by_id[vm["resource_id"]].gpu is not None:
             assert kinds[vm["resource_id"]] == {"cpu", "gpu", "gpu_memory"}, vm["name"]

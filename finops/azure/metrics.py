@@ -10,6 +10,7 @@ per VM through Resource Manager's metrics API, GPU VMs only. A VM that sends non
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from azure.core.exceptions import HttpResponseError
 
 from finops.azure.clients import AzureClients, get_json, post_json
 from finops.collection import Row
+
+log = logging.getLogger("finops")
 
 BATCH_SIZE = 50
 VM_NAMESPACE = "Microsoft.Compute/virtualMachines"
@@ -129,16 +132,27 @@ def hourly_batch(
                 rows += points(resource_id, "cpu", series)
     names = {settings.gpu_metric_name: "gpu", settings.gpu_memory_metric_name: "gpu_memory"}
     by_name = {name.lower(): ours for name, ours in names.items()}
+    silent = 0
     for resource_id in ids:
         found = guest_metrics(
             clients, resource_id, settings.gpu_metric_namespace, names, start, end
         )
+        silent += not found
         for metric in found:
             ours = by_name.get(metric["name"]["value"].lower())
             if ours is None:
                 continue
             for series in metric.get("timeseries") or []:
                 rows += points(resource_id.lower(), ours, series)
+    if silent:
+        # all of them, night after night: the namespace or metric names are likely misnamed
+        log.info(
+            "%d of %d GPU VMs in %s send no %s metrics: judged on CPU",
+            silent,
+            len(ids),
+            region,
+            settings.gpu_metric_namespace,
+        )
     return rows
 
 
