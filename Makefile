@@ -43,7 +43,7 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) finops.db reports/*.html reports/plans .finops-sim
 
-# Azure Functions: the app folder with finops as a wheel beside it (see README).
+# Azure Functions: the app folder with finops as a wheel beside it (see docs/scheduling.md).
 function-package: $(STAMP)
 	rm -rf jobs/azure_function/wheels
 	$(BIN)/pip wheel --quiet --no-deps . -w jobs/azure_function/wheels

@@ -506,7 +506,7 @@ def runs(
 
 @app.command("settings")
 def settings_reference() -> None:
-    """Print every setting with its variable and default, as the README's Markdown table."""
+    """Print every setting with its variable and default, as docs/configuration.md lists them."""
     from finops.config import reference_markdown
 
     typer.echo(reference_markdown(), nl=False)
