@@ -33,9 +33,8 @@ class InvalidQuery(ValueError):
 def _refusal(error: HttpResponseError, kql: str) -> InvalidQuery | None:
     """Resource Graph's 400 for a query it cannot parse says so only in its details (the
     top-level message asks to quote a correlation id): one line naming the parser's words."""
-    details = getattr(error.error, "details", None) or [] if error.status_code == 400 else []
-    codes = {d.code for d in details}
-    if "InvalidQuery" not in codes:
+    details = (getattr(error.error, "details", None) or []) if error.status_code == 400 else []
+    if "InvalidQuery" not in {d.code for d in details}:
         return None
     said = "; ".join(d.message for d in details if d.code != "InvalidQuery" and d.message)
     what = kql.splitlines()[0].strip() + " ..."
