@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import tempfile
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import trustme
-
 from finops.azure.clients import AzureClients, StaticTokenCredential
 from finops.config import AzureSettings
+from finops.sim.server import https_server
 
 EXAMPLES = Path(__file__).parent / "azure_examples"
 ARM = "https://management.azure.com"
@@ -49,14 +47,7 @@ class Replay:
         self.answers: list[tuple[str, str, str, int, Any, dict[str, str]]] = []
         self.asked: list[Asked] = []
         self._dir = tempfile.TemporaryDirectory(prefix="finops-replay-")
-        ca = trustme.CA()
-        self.ca_file = str(Path(self._dir.name, "ca.pem"))
-        ca.cert_pem.write_to_path(self.ca_file)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1").configure_cert(context)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd, self.ca_file = https_server(_handler(self), 0, self._dir.name)
         self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 

@@ -85,17 +85,15 @@ class Budgets:
     _arm: dict[str, tuple[float, float]] = field(default_factory=dict)
     _qpu: list[float] = field(default_factory=list)
 
-    def spend(self, route: str, method: str, path: str) -> tuple[bool, dict[str, str]]:
-        """(throttled, headers) for one request, its budget spent where it is admitted."""
+    def spend(self, route: str, method: str, path: str) -> tuple[str | None, dict[str, str]]:
+        """(the budget that throttled it, or None, and the headers) for one request, its
+        budget spent where it is admitted."""
         now = time.monotonic()
         if route == "graph":
-            self._graph[:] = [t for t in self._graph if now - t < self.graph_window]
+            admitted = _admit(self._graph, self.graph_queries, self.graph_window, now)
             resets = (
                 self.graph_window - (now - self._graph[0]) if self._graph else self.graph_window
             )
-            admitted = len(self._graph) < self.graph_queries
-            if admitted:
-                self._graph.append(now)
             left = self.graph_queries - len(self._graph)
             hours, rest = divmod(max(resets, 0.0), 3600)
             minutes, seconds = divmod(rest, 60)
@@ -106,10 +104,7 @@ class Budgets:
             }
             return self._count(not admitted, "graph"), headers
         if route == "costs":
-            self._qpu[:] = [t for t in self._qpu if now - t < 60]
-            admitted = len(self._qpu) < self.qpu_per_minute
-            if admitted:
-                self._qpu.append(now)
+            admitted = _admit(self._qpu, self.qpu_per_minute, 60.0, now)
             left = self.qpu_per_minute - len(self._qpu)
             headers = {
                 "x-ms-ratelimit-microsoft.costmanagement-qpu-consumed": "1" if admitted else "0",
@@ -121,7 +116,7 @@ class Budgets:
             return self._count(not admitted, "costs"), headers
         match = re.match(r"/subscriptions/([^/]+)", path, re.IGNORECASE)
         if method != "GET" or not match:
-            return False, {}
+            return None, {}
         sub = match.group(1).lower()
         tokens, then = self._arm.get(sub, (float(self.arm_reads), now))
         tokens = min(float(self.arm_reads), tokens + (now - then) * self.arm_refill)
@@ -134,10 +129,21 @@ class Budgets:
             headers["Retry-After"] = str(max(1, round(1 / self.arm_refill)))
         return self._count(not admitted, "arm"), headers
 
-    def _count(self, throttled: bool, budget: str) -> bool:
-        if throttled:
-            self.throttled[budget] += 1
-        return throttled
+    def _count(self, throttled: bool, budget: str) -> str | None:
+        if not throttled:
+            return None
+        self.throttled[budget] += 1
+        return budget
+
+
+def _admit(times: list[float], limit: int, window: float, now: float) -> bool:
+    """A sliding window of `limit` requests a `window` of seconds: `times` keeps the
+    admitted ones still in it; the oldest is first."""
+    times[:] = [t for t in times if now - t < window]
+    if len(times) >= limit:
+        return False
+    times.append(now)
+    return True
 
 
 THROTTLED_CODES = {"graph": "RateLimiting", "costs": "429", "arm": "TooManyRequests"}
@@ -195,15 +201,7 @@ class SimServer:
         self.operations: dict[str, float] = {}  # operation id -> when it started
         self._lock = threading.Lock()
         self._dir = tempfile.TemporaryDirectory(prefix="finops-sim-")
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        self.ca_file = str(Path(self._dir.name, "ca.pem"))
-        ca.cert_pem.write_to_path(self.ca_file)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd, self.ca_file = https_server(_handler_for(self), port, self._dir.name)
         self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread: threading.Thread | None = None
         self.routes = _routes()
@@ -275,8 +273,7 @@ class SimServer:
                 with self._lock:
                     throttled, spent = self.budgets.spend(route.name, method, parts.path)
                 if throttled:
-                    budget = route.name if route.name in THROTTLED_CODES else "arm"
-                    code = THROTTLED_CODES[budget]
+                    code = THROTTLED_CODES[throttled]
                     status, payload, _ = _error(429, code, "Rate limit exceeded. Retry later.")
                     return route.name, (status, payload, spent), "status"
             fault = self._fault_for(route.name, parts.path + body.decode(errors="replace"))
@@ -296,6 +293,22 @@ class SimServer:
             reply = (reply[0], reply[1], {**spent, **reply[2]})
             return route.name, reply, fault.kind if fault else "status"
         return "unknown", _error(404, "NotFound", f"No route for {method} {parts.path}"), "status"
+
+
+def https_server(
+    handler: type[BaseHTTPRequestHandler], port: int, folder: str
+) -> tuple[ThreadingHTTPServer, str]:
+    """A threading HTTPS server on 127.0.0.1 (a free port for 0) with a certificate made at
+    start, and the CA file that trusts it, written into `folder`."""
+    ca = trustme.CA()
+    ca_file = str(Path(folder, "ca.pem"))
+    ca.cert_pem.write_to_path(ca_file)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    httpd.daemon_threads = True
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    return httpd, ca_file
 
 
 def _error(status: int, code: str, message: str, details: list | None = None) -> Reply:
@@ -781,9 +794,10 @@ def _no_configuration(namespace: str, name: str) -> ApiError:
     )
 
 
-def _unknown_metrics(namespace: str, names: list[str]) -> ApiError | None:
+def _check_known(namespace: str, names: list[str]) -> None:
     unknown = [name for name in names if (namespace, name.lower()) not in VM_METRICS]
-    return _no_configuration(namespace, unknown[0]) if unknown else None
+    if unknown:
+        raise _no_configuration(namespace, unknown[0])
 
 
 def metrics_batch(req: Request, subscription_id: str) -> Reply:
@@ -807,9 +821,7 @@ def metrics_batch(req: Request, subscription_id: str) -> Reply:
             f"Metric namespace {req.query['metricnamespace']} is not a resource type: "
             "metrics:getBatch does not serve custom metrics.",
         )
-    error = _unknown_metrics(namespace, names)
-    if error:
-        raise error
+    _check_known(namespace, names)
     vms = []
     for rid in ids:
         vm = estate.by_id.get(rid.lower())
@@ -843,11 +855,9 @@ def resource_metrics(req: Request, subscription_id: str, group: str, name: str) 
     first, _, last = req.query["timespan"].partition("/")
     start = datetime.fromisoformat(first).astimezone(UTC)
     end = datetime.fromisoformat(last).astimezone(UTC)
-    error = _unknown_metrics(namespace, names)
-    if error is None and namespace != CPU_NAMESPACE and vm.gpu is None:
-        error = _no_configuration(namespace, names[0])  # no Telegraf on this VM
-    if error:
-        raise error
+    _check_known(namespace, names)
+    if namespace != CPU_NAMESPACE and vm.gpu is None:
+        raise _no_configuration(namespace, names[0])  # no Telegraf on this VM
     rid = req.path.rsplit("/providers/", 1)[0]
     body = {
         "cost": 0,
@@ -923,7 +933,7 @@ def _ai_metrics(req: Request, ids: list[str], names: list[str], hours, aggregati
         raise ApiError(400, "BadRequest", "The simulator answers the ModelDeploymentName split.")
     unknown = [n for n in names if n.lower() not in AI_METRICS]
     if unknown:
-        raise ApiError(400, "BadRequest", f"Failed to find metric configuration for {unknown}.")
+        raise _no_configuration(AI_NAMESPACE, unknown[0])
     if any(n.lower() == "azureopenairequests" for n in names) and "statuscode eq '429'" not in flt:
         raise ApiError(400, "BadRequest", "The simulator answers requests filtered by 429.")
     top = int(req.query.get("top", "10"))
