@@ -73,11 +73,8 @@ class Simulator:
         self.url, self.ca_file = found["url"], found["ca_file"]
 
     def env(self, db_url: str, reports: Path) -> dict[str, str]:
-        # no FINOPS_* setting of the caller's, but the pinned clock the simulator reads too
-        kept = {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_")}
-        clean = kept | ({clock.PIN: os.environ[clock.PIN]} if clock.PIN in os.environ else {})
         return {
-            **clean,
+            **clock.environment_without_settings(dict(os.environ)),
             "FINOPS_AZURE__ARM_ENDPOINT": self.url,
             "FINOPS_AZURE__METRICS_ENDPOINT": self.url,
             "FINOPS_AZURE__PRICES_ENDPOINT": self.url,

@@ -33,3 +33,9 @@ def parse(text: str) -> datetime:
     if instant.tzinfo is None:
         raise ClockError(f"{PIN}={text!r} needs a UTC offset, e.g. {text}Z")
     return instant.astimezone(UTC)
+
+
+def environment_without_settings(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` for a `finops` process started by the tests or the benchmark: none of the
+    caller's FINOPS_* settings, but the pinned clock, which the simulator reads too."""
+    return {k: v for k, v in environ.items() if not k.startswith("FINOPS_") or k == PIN}

@@ -46,7 +46,7 @@ def pytest_configure(config) -> None:
 def clean_env() -> dict[str, str]:
     """This process's environment for a `finops` subprocess: no FINOPS_* setting of the
     developer's, but the pinned clock."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("FINOPS_") or k == clock.PIN}
+    return clock.environment_without_settings(dict(os.environ))
 
 
 @pytest.fixture(scope="session")
